@@ -1,0 +1,3 @@
+from flowforged.cli import main
+
+raise SystemExit(main())

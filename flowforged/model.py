@@ -1,0 +1,133 @@
+"""The normalized model every provider parses into (DESIGN.md, "Normalized model")."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from datetime import UTC, datetime
+
+
+class Status(enum.StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    BLOCKED = "blocked"
+    SUCCESS = "success"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    SKIPPED = "skipped"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL
+
+    @property
+    def decisive(self) -> bool:
+        """A status that sets its pipeline's state (cancelled and skipped runs do not)."""
+        return self in (Status.SUCCESS, Status.FAILED)
+
+
+TERMINAL = frozenset({Status.SUCCESS, Status.FAILED, Status.CANCELLED, Status.SKIPPED})
+
+
+class Transition(enum.StrEnum):
+    BROKEN = "broken"
+    STILL_FAILING = "still_failing"
+    FIXED = "fixed"
+
+
+def next_transition(previous: Status | None, current: Status) -> Transition | None:
+    """What a terminal run means for its pipeline+branch, given the previous decisive status."""
+    if current is Status.FAILED:
+        return Transition.STILL_FAILING if previous is Status.FAILED else Transition.BROKEN
+    if current is Status.SUCCESS and previous is Status.FAILED:
+        return Transition.FIXED
+    return None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RunEvent:
+    """One observed state of a run (one execution of a pipeline)."""
+
+    source: str
+    pipeline: str  # GitHub: owner/repo/workflow-path; GitLab: project path
+    run_id: str  # the provider's id, as a string
+    attempt: int
+    status: Status
+    provider_status: str  # the provider's own words, e.g. "completed/failure"
+    updated_at: str  # ISO 8601 UTC, see iso()
+    pipeline_name: str = ""
+    branch: str | None = None
+    sha: str | None = None
+    url: str | None = None
+    created_at: str | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+    repo: str | None = None
+    default_branch: str | None = None
+    commit_message: str | None = None
+    author: str | None = None
+    trigger: str | None = None  # push, schedule, merge_request_event, ...
+    number: int | None = None  # run number / pipeline iid, for people
+
+    kind = "run"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class JobEvent:
+    """One observed state of a job inside a run."""
+
+    source: str
+    run_id: str
+    attempt: int
+    job_id: str
+    name: str
+    status: Status
+    provider_status: str
+    updated_at: str
+    pipeline: str | None = None
+    url: str | None = None
+    stage: str | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+    branch: str | None = None
+    sha: str | None = None
+
+    kind = "job"
+
+
+Event = RunEvent | JobEvent
+
+
+def iso(value: datetime) -> str:
+    """Timestamps are stored as ISO 8601 UTC with a Z, so that they sort as text."""
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def utcnow() -> str:
+    return iso(datetime.now(UTC))
+
+
+def parse_time(value: str | int | float | None) -> str | None:
+    """Any provider timestamp (ISO 8601, GitLab's "2016-08-12 15:23:28 UTC", epoch ms) to iso()."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, int | float):
+        return iso(datetime.fromtimestamp(value / 1000, UTC))
+    text = value.strip()
+    if text.endswith(" UTC"):
+        text = text[:-4] + "+00:00"
+    elif text.endswith("Z"):
+        text = text[:-1] + "+00:00"
+    parsed = datetime.fromisoformat(text)
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return iso(parsed)
+
+
+def seconds_between(start: str | None, end: str | None) -> float | None:
+    if not start or not end:
+        return None
+    delta = datetime.fromisoformat(end.replace("Z", "+00:00")) - datetime.fromisoformat(
+        start.replace("Z", "+00:00")
+    )
+    return max(delta.total_seconds(), 0.0)

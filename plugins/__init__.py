@@ -1,0 +1,1 @@
+"""FlowForge built-in plugins, installed as `flowforged_plugins` (see pyproject.toml)."""

@@ -1,0 +1,140 @@
+"""GitHub Actions: webhooks (workflow_run, workflow_job) and, from issue 4, the REST API."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from typing import Any
+from urllib.parse import parse_qs
+
+from flowforged.errors import NotJSON, WebhookRejected
+from flowforged.model import Event, JobEvent, RunEvent, Status, parse_time
+from flowforged.plugin import Headers, Provider, decode_json
+
+# https://docs.github.com/en/rest/actions/workflow-runs: status and conclusion values.
+_STATUS = {
+    "requested": Status.PENDING,
+    "queued": Status.PENDING,
+    "pending": Status.PENDING,
+    "waiting": Status.BLOCKED,  # waiting for an environment's required reviewers
+    "in_progress": Status.RUNNING,
+}
+_CONCLUSION = {
+    "success": Status.SUCCESS,
+    "failure": Status.FAILED,
+    "timed_out": Status.FAILED,
+    "startup_failure": Status.FAILED,
+    "cancelled": Status.CANCELLED,
+    "skipped": Status.SKIPPED,
+    "neutral": Status.SUCCESS,
+    "stale": Status.CANCELLED,
+    "action_required": Status.BLOCKED,
+}
+
+
+def status_of(status: str | None, conclusion: str | None) -> tuple[Status, str]:
+    """GitHub's (status, conclusion) to the normalized status and the provider's own words."""
+    if status == "completed":
+        return _CONCLUSION.get(conclusion or "", Status.FAILED), f"completed/{conclusion}"
+    return _STATUS.get(status or "", Status.PENDING), status or "unknown"
+
+
+def sign(secret: str, body: bytes) -> str:
+    """The X-Hub-Signature-256 value GitHub sends for `body`."""
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def normalize_run(source: str, run: dict[str, Any], repository: dict[str, Any] | None = None) -> RunEvent:
+    """One workflow run object (webhook `workflow_run` or REST `GET .../actions/runs`) to a RunEvent."""
+    repo = (repository or run.get("repository") or {}).get("full_name")
+    status, provider_status = status_of(run.get("status"), run.get("conclusion"))
+    # A workflow run has no completed_at: once it is completed, updated_at is when it ended.
+    finished = parse_time(run.get("updated_at")) if status.terminal else None
+    head = run.get("head_commit") or {}
+    actor = run.get("triggering_actor") or run.get("actor") or {}
+    return RunEvent(
+        source=source,
+        pipeline=f"{repo}/{run['path']}" if run.get("path") else f"{repo}/{run.get('workflow_id')}",
+        pipeline_name=run.get("name") or run.get("path") or "",
+        run_id=str(run["id"]),
+        attempt=int(run.get("run_attempt") or 1),
+        status=status,
+        provider_status=provider_status,
+        updated_at=parse_time(run["updated_at"]) or "",
+        branch=run.get("head_branch"),
+        sha=run.get("head_sha"),
+        url=run.get("html_url"),
+        created_at=parse_time(run.get("created_at")),
+        started_at=parse_time(run.get("run_started_at")),
+        finished_at=finished,
+        repo=repo,
+        default_branch=(repository or run.get("repository") or {}).get("default_branch"),
+        commit_message=(head.get("message") or "").split("\n", 1)[0] or run.get("display_title"),
+        author=(head.get("author") or {}).get("name") or actor.get("login"),
+        trigger=run.get("event"),
+        number=run.get("run_number"),
+    )
+
+
+def normalize_job(source: str, job: dict[str, Any], repository: dict[str, Any] | None = None) -> JobEvent:
+    status, provider_status = status_of(job.get("status"), job.get("conclusion"))
+    updated = job.get("completed_at") or job.get("started_at") or job.get("created_at")
+    return JobEvent(
+        source=source,
+        run_id=str(job["run_id"]),
+        attempt=int(job.get("run_attempt") or 1),
+        job_id=str(job["id"]),
+        name=job.get("name") or "",
+        status=status,
+        provider_status=provider_status,
+        updated_at=parse_time(updated) or "",
+        url=job.get("html_url"),
+        started_at=parse_time(job.get("started_at")),
+        finished_at=parse_time(job.get("completed_at")),
+        branch=job.get("head_branch"),
+        sha=job.get("head_sha"),
+    )
+
+
+class GitHubProvider(Provider):
+    type = "github"
+    stored_headers = ("X-GitHub-Event", "X-GitHub-Delivery", "X-GitHub-Hook-ID", "Content-Type", "User-Agent")
+
+    def verify(self, headers: Headers, body: bytes, now: float) -> None:
+        secret = self.config.webhook_secret
+        if secret is None:
+            return  # insecure_no_auth, checked at start
+        signature = headers.get("X-Hub-Signature-256")
+        if not signature:
+            if headers.get("X-Hub-Signature"):
+                raise WebhookRejected("only the SHA-1 X-Hub-Signature was sent; X-Hub-Signature-256 is required")
+            raise WebhookRejected("X-Hub-Signature-256 is missing")
+        expected = sign(secret.get(), body)
+        if not hmac.compare_digest(expected.encode(), signature.strip().encode()):
+            raise WebhookRejected("X-Hub-Signature-256 does not match the body")
+
+    def delivery_id(self, headers: Headers) -> str | None:
+        return headers.get("X-GitHub-Delivery")
+
+    def event_name(self, headers: Headers, payload: Any) -> str:
+        return headers.get("X-GitHub-Event") or "unknown"
+
+    def decode(self, headers: Headers, body: bytes) -> Any:
+        # A webhook may be set to application/x-www-form-urlencoded: the JSON is the `payload` field.
+        if headers.get("Content-Type", "").startswith("application/x-www-form-urlencoded"):
+            try:
+                fields = parse_qs(body.decode(), strict_parsing=True)
+            except (UnicodeDecodeError, ValueError):
+                raise NotJSON("form body cannot be decoded") from None
+            if "payload" not in fields:
+                raise NotJSON("form body has no payload field")
+            body = fields["payload"][0].encode()
+        return decode_json(body)
+
+    def normalize(self, event: str, payload: Any) -> list[Event]:
+        if event == "workflow_run":
+            return [normalize_run(self.name, payload["workflow_run"], payload.get("repository"))]
+        if event == "workflow_job":
+            job = normalize_job(self.name, payload["workflow_job"], payload.get("repository"))
+            return [job]
+        return []

@@ -1,0 +1,183 @@
+"""GitLab CI: Pipeline Hook and Job Hook webhooks and, from issue 4, the REST API."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+from typing import Any
+from urllib.parse import urlsplit
+
+from flowforged.config import SecretValue, SourceConfig
+from flowforged.errors import WebhookRejected
+from flowforged.model import Event, JobEvent, RunEvent, Status, parse_time
+from flowforged.plugin import Headers, Provider
+
+# https://docs.gitlab.com/ee/api/pipelines.html: pipeline and job status values.
+_STATUS = {
+    "created": Status.PENDING,
+    "waiting_for_resource": Status.PENDING,
+    "preparing": Status.PENDING,
+    "pending": Status.PENDING,
+    "scheduled": Status.PENDING,
+    "running": Status.RUNNING,
+    "manual": Status.BLOCKED,
+    "waiting_for_callback": Status.BLOCKED,
+    "success": Status.SUCCESS,
+    "failed": Status.FAILED,
+    "canceled": Status.CANCELLED,
+    "canceling": Status.RUNNING,
+    "skipped": Status.SKIPPED,
+}
+SIGNATURE_WINDOW = 300.0  # seconds a signed delivery stays valid, against replay
+
+
+class GitLabSourceConfig(SourceConfig):
+    # The HMAC signing token (`whsec_<base64>`), beside or instead of webhook_secret (X-Gitlab-Token).
+    signing_token: SecretValue | None = None
+
+    def problems(self) -> list[tuple[str, str]]:
+        if self.webhook_secret is None and self.signing_token is None and not self.insecure_no_auth:
+            return [("webhook_secret", "missing (set webhook_secret or signing_token, "
+                                       "or insecure_no_auth: true to accept any request)")]
+        return []
+
+    @property
+    def authenticated(self) -> bool:
+        return self.webhook_secret is not None or self.signing_token is not None
+
+
+def status_of(status: str | None) -> Status:
+    return _STATUS.get(status or "", Status.PENDING)
+
+
+def signing_key(token: str) -> bytes:
+    """GitLab signing tokens are Standard Webhooks secrets: `whsec_` then the base64 of the key."""
+    if token.startswith("whsec_"):
+        try:
+            return base64.b64decode(token.removeprefix("whsec_"), validate=True)
+        except binascii.Error:
+            pass
+    return token.encode()
+
+
+def sign(token: str, webhook_id: str, timestamp: str, body: bytes) -> str:
+    """The `webhook-signature` value for a delivery: HMAC-SHA256 over "{id}.{timestamp}.{body}"."""
+    digest = hmac.new(signing_key(token), f"{webhook_id}.{timestamp}.".encode() + body, hashlib.sha256)
+    return "v1," + base64.b64encode(digest.digest()).decode()
+
+
+def _first_line(text: str | None) -> str | None:
+    return text.split("\n", 1)[0] if text else None
+
+
+def normalize_pipeline(source: str, payload: dict[str, Any]) -> RunEvent:
+    attrs = payload["object_attributes"]
+    project = payload.get("project") or {}
+    commit = payload.get("commit") or {}
+    status = status_of(attrs.get("status"))
+    finished = parse_time(attrs.get("finished_at")) if status.terminal else None
+    created = parse_time(attrs.get("created_at"))
+    web_url = project.get("web_url")
+    return RunEvent(
+        source=source,
+        pipeline=project["path_with_namespace"],
+        pipeline_name=project.get("name") or project["path_with_namespace"],
+        run_id=str(attrs["id"]),
+        attempt=1,
+        status=status,
+        provider_status=attrs.get("detailed_status") or attrs.get("status") or "unknown",
+        # Pipeline hooks carry no updated_at: the latest moment they name stands in for it.
+        updated_at=finished or parse_time(attrs.get("updated_at")) or created or "",
+        branch=attrs.get("ref") if not attrs.get("tag") else None,
+        sha=attrs.get("sha"),
+        url=f"{web_url}/-/pipelines/{attrs['id']}" if web_url else None,
+        created_at=created,
+        started_at=parse_time(attrs.get("started_at")),
+        finished_at=finished,
+        repo=project.get("path_with_namespace"),
+        default_branch=project.get("default_branch"),
+        commit_message=_first_line(commit.get("message")) or commit.get("title"),
+        author=(commit.get("author") or {}).get("name") or (payload.get("user") or {}).get("name"),
+        trigger=attrs.get("source"),
+        number=attrs.get("iid"),
+    )
+
+
+def normalize_job(source: str, payload: dict[str, Any]) -> JobEvent:
+    repository = payload.get("repository") or {}
+    homepage = repository.get("homepage")
+    # A Job Hook names its project only by URL; note that `commit.id` is the pipeline id, not a SHA.
+    project = urlsplit(homepage).path.strip("/") if homepage else None
+    status = status_of(payload.get("build_status"))
+    finished = parse_time(payload.get("build_finished_at")) if status.terminal else None
+    started = parse_time(payload.get("build_started_at"))
+    return JobEvent(
+        source=source,
+        run_id=str(payload["pipeline_id"]),
+        attempt=1,
+        job_id=str(payload["build_id"]),
+        name=payload.get("build_name") or "",
+        status=status,
+        provider_status=payload.get("build_status") or "unknown",
+        updated_at=finished or started or parse_time(payload.get("build_created_at")) or "",
+        pipeline=project,
+        url=f"{homepage}/-/jobs/{payload['build_id']}" if homepage else None,
+        stage=payload.get("build_stage"),
+        started_at=started,
+        finished_at=finished,
+        branch=payload.get("ref") if not payload.get("tag") else None,
+        sha=payload.get("sha"),
+    )
+
+
+class GitLabProvider(Provider):
+    type = "gitlab"
+    config_model = GitLabSourceConfig
+    stored_headers = ("X-Gitlab-Event", "X-Gitlab-Event-UUID", "X-Gitlab-Webhook-UUID", "Idempotency-Key",
+                      "webhook-id", "webhook-timestamp", "Content-Type", "User-Agent")
+
+    def verify(self, headers: Headers, body: bytes, now: float) -> None:
+        config: GitLabSourceConfig = self.config  # type: ignore[assignment]
+        if config.webhook_secret is not None:
+            token = headers.get("X-Gitlab-Token")
+            if token is None:
+                raise WebhookRejected("X-Gitlab-Token is missing")
+            if not hmac.compare_digest(token.encode(), config.webhook_secret.get().encode()):
+                raise WebhookRejected("X-Gitlab-Token does not match")
+        if config.signing_token is not None:
+            self._verify_signature(config.signing_token.get(), headers, body, now)
+
+    def _verify_signature(self, token: str, headers: Headers, body: bytes, now: float) -> None:
+        webhook_id = headers.get("webhook-id")
+        timestamp = headers.get("webhook-timestamp")
+        signatures = headers.get("webhook-signature")
+        if not (webhook_id and timestamp and signatures):
+            raise WebhookRejected("webhook-id, webhook-timestamp or webhook-signature is missing")
+        try:
+            sent = int(timestamp)
+        except ValueError:
+            raise WebhookRejected("webhook-timestamp is not a number") from None
+        if abs(now - sent) > SIGNATURE_WINDOW:
+            raise WebhookRejected("webhook-timestamp is outside the 5-minute window (replayed or clock skew)")
+        expected = sign(token, webhook_id, timestamp, body).encode()
+        # The header may list several space-separated signatures (Standard Webhooks, key rotation).
+        if not any(hmac.compare_digest(expected, candidate.encode()) for candidate in signatures.split()):
+            raise WebhookRejected("webhook-signature does not match the body")
+
+    def delivery_id(self, headers: Headers) -> str | None:
+        return headers.get("Idempotency-Key") or headers.get("X-Gitlab-Event-UUID")
+
+    def event_name(self, headers: Headers, payload: Any) -> str:
+        if headers.get("X-Gitlab-Event"):
+            return headers["X-Gitlab-Event"]
+        kind = payload.get("object_kind") if isinstance(payload, dict) else None
+        return {"pipeline": "Pipeline Hook", "build": "Job Hook"}.get(kind or "", kind or "unknown")
+
+    def normalize(self, event: str, payload: Any) -> list[Event]:
+        if event == "Pipeline Hook":
+            return [normalize_pipeline(self.name, payload)]
+        if event == "Job Hook":
+            return [normalize_job(self.name, payload)]
+        return []

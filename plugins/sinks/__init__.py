@@ -1,0 +1,1 @@
+"""Built-in sinks: slack, email, webhook, log."""
