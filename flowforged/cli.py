@@ -1,0 +1,167 @@
+"""The `flowforged` command: run, check-config, secret, runs, reindex."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from flowforged import __version__, config, logs, secrets
+from flowforged.errors import ConfigError, FlowForgeError
+
+EXIT_CONFIG = 2
+
+
+def _load(args: argparse.Namespace, lenient: bool = False) -> config.Config:
+    context = secrets.SecretContext(lenient=lenient)
+    return config.load(config.default_path(args.config), context)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from flowforged.app import serve
+
+    cfg = _load(args)
+    logs.setup(cfg.logging.level)
+    asyncio.run(serve(cfg))
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    path = config.default_path(args.config)
+    cfg = config.load(path, secrets.SecretContext())
+    for warning in cfg.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(f"{path}: ok ({len(cfg.source_configs)} sources, {len(cfg.sink_configs)} sinks, "
+          f"{len(cfg.rules)} rules)")
+    return 0
+
+
+def cmd_secret(args: argparse.Namespace) -> int:
+    backend = secrets.system_keyring()
+    if args.action == "set":
+        if sys.stdin.isatty():
+            value = getpass.getpass(f"value for {args.name} (not echoed): ")
+        else:
+            value = sys.stdin.read().rstrip("\r\n")
+        if not value:
+            print("error: empty value; nothing stored", file=sys.stderr)
+            return 1
+        secrets.set_secret(args.name, value, backend)
+        print(f"stored secret {args.name!r} in keyring service {secrets.KEYRING_SERVICE!r} "
+              f"({type(backend).__module__}.{type(backend).__name__})")
+        return 0
+    if secrets.delete_secret(args.name, backend):
+        print(f"deleted secret {args.name!r}")
+        return 0
+    print(f"no secret {args.name!r} in keyring service {secrets.KEYRING_SERVICE!r}", file=sys.stderr)
+    return 1
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    columns = [("ID", lambda r: r["id"]), ("SOURCE", lambda r: r["source"]),
+               ("PIPELINE", lambda r: r["pipeline"]), ("BRANCH", lambda r: r["branch"] or "-"),
+               ("RUN", lambda r: f"{r['run_id']}#{r['attempt']}"), ("STATUS", lambda r: r["status"]),
+               ("TRANSITION", lambda r: r["transition"] or ""),
+               ("FINISHED", lambda r: r["finished_at"] or "-"),
+               ("DURATION", lambda r: _duration(r["duration_seconds"]))]
+    cells = [[str(get(row)) for _, get in columns] for row in rows]
+    widths = [max([len(title)] + [len(c[i]) for c in cells]) for i, (title, _) in enumerate(columns)]
+    lines = ["  ".join(title.ljust(w) for (title, _), w in zip(columns, widths, strict=True))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    import sqlite3
+
+    from flowforged.store import connect, queries
+
+    cfg = _load(args, lenient=True)
+    if not cfg.storage.path.exists():
+        print(f"no database at {cfg.storage.path} yet: start the daemon first", file=sys.stderr)
+        return 1
+    conn = connect(cfg.storage.path, readonly=True)
+    conn.row_factory = sqlite3.Row
+    rows = queries.runs(conn, source=args.source, pipeline=args.pipeline, branch=args.branch,
+                        status=args.status, limit=args.limit)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    elif rows:
+        print(_table(rows))
+    else:
+        print("no runs yet")
+    return 0
+
+
+def cmd_reindex(args: argparse.Namespace) -> int:
+    from flowforged.app import make_providers
+    from flowforged.ingest import redecode
+    from flowforged.model import utcnow
+    from flowforged.store import connect, reindex
+    from flowforged.store.schema import migrate
+
+    cfg = _load(args, lenient=True)
+    providers = make_providers(cfg)
+    conn = connect(cfg.storage.path)
+    migrate(conn)
+    done = events = errors = 0
+    for done, events, errors in reindex(conn, lambda *a: redecode(providers, *a), utcnow(),
+                                        only_errors=args.errors_only):
+        pass
+    print(f"reindexed {done} deliveries: {events} new events, {errors} still unparseable")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="flowforged", description="A CI/CD watcher daemon.")
+    top.add_argument("-c", "--config", help="config file (default: $FLOWFORGED_CONFIG, else "
+                     f"{config.DEFAULT_PATH})")
+    top.add_argument("--version", action="version", version=f"flowforged {__version__}")
+    sub = top.add_subparsers(dest="command", required=True)
+    sub.add_parser("run", help="run the daemon").set_defaults(func=cmd_run)
+    sub.add_parser("check-config", help="validate the config; exit 2 listing every problem").set_defaults(
+        func=cmd_check_config)
+    secret = sub.add_parser("secret", help="store or delete a secret in the system keyring")
+    secret.add_argument("action", choices=["set", "delete"])
+    secret.add_argument("name")
+    secret.set_defaults(func=cmd_secret)
+    runs = sub.add_parser("runs", help="list recent runs")
+    runs.add_argument("--source")
+    runs.add_argument("--pipeline")
+    runs.add_argument("--branch")
+    runs.add_argument("--status", choices=["pending", "running", "blocked", "success", "failed", "cancelled",
+                                           "skipped"])
+    runs.add_argument("--limit", type=int, default=50)
+    runs.add_argument("--json", action="store_true", help="JSON, with the API's field names")
+    runs.set_defaults(func=cmd_runs)
+    reindex = sub.add_parser("reindex", help="re-normalize the raw deliveries (after a parser fix)")
+    reindex.add_argument("--errors-only", action="store_true", help="only deliveries that failed to parse")
+    reindex.set_defaults(func=cmd_reindex)
+    return top
+
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"{config.default_path(args.config)}: invalid configuration", file=sys.stderr)
+        for path, message in exc.problems:
+            print(f"  {path}: {message}", file=sys.stderr)
+        return EXIT_CONFIG
+    except FlowForgeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1

@@ -62,6 +62,10 @@ SecretValue = Annotated[Secret, BeforeValidator(_resolve_secret)]
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, frozen=False)
 
+    def problems(self) -> list[tuple[str, str]]:
+        """Checks across keys, as (key, message)."""
+        return []
+
 
 class ServerConfig(Section):
     listen: str = "127.0.0.1:8080"
@@ -116,7 +120,7 @@ class SourceConfig(Section):
     backfill: Duration = 86400.0
 
     def problems(self) -> list[tuple[str, str]]:
-        """Checks across keys, as (key, message). A source must authenticate its webhooks."""
+        """A source must authenticate its webhooks."""
         if self.webhook_secret is None and not self.insecure_no_auth:
             return [("webhook_secret", "missing (or set insecure_no_auth: true to accept any request)")]
         return []
@@ -168,6 +172,19 @@ class Config(Section):
     source_configs: dict[str, SourceConfig] = pydantic.Field(default_factory=dict, exclude=True)
     sink_configs: dict[str, SinkConfig] = pydantic.Field(default_factory=dict, exclude=True)
     warnings: list[str] = pydantic.Field(default_factory=list, exclude=True)
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.2 booleans: only true/false. Under YAML 1.1 a rule's `on:` key would be the boolean True."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    key: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for key, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
 
 
 def _path(loc: tuple[Any, ...]) -> str:
@@ -263,7 +280,7 @@ def load(path: str | os.PathLike[str], secrets: SecretContext | None = None) -> 
     except OSError as exc:
         raise ConfigError([(str(file), f"cannot read the config file: {exc.strerror}")]) from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

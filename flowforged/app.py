@@ -1,0 +1,115 @@
+"""Wiring: the parts of DESIGN.md put together into one aiohttp application, and the daemon's life.
+
+`serve()` binds the listener with an AppRunner, then tells systemd READY=1; SIGTERM drains: stop
+accepting, finish in-flight requests and the current commit, stop the scheduler, exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from flowforged import __version__, logs, webhooks
+from flowforged.bus import Bus
+from flowforged.config import Config
+from flowforged.ingest import Ingest
+from flowforged.plugin import Provider, providers
+from flowforged.store import Store
+from flowforged.systemd import Notifier
+
+log = logs.get("flowforged")
+CONFIG = web.AppKey("config", Config)
+STORE = web.AppKey("store", Store)
+BUS = web.AppKey("bus", Bus)
+HTTP = web.AppKey("http", aiohttp.ClientSession)
+READINESS = web.AppKey("readiness", list)  # callables returning a problem (str) or None
+
+
+def make_providers(config: Config) -> dict[str, Provider]:
+    kinds = providers()
+    return {name: kinds[source.type](name, source) for name, source in config.source_configs.items()}
+
+
+def build(config: Config) -> web.Application:
+    app = web.Application(client_max_size=config.server.max_body_bytes)
+    store = Store(config.storage.path)
+    bus = Bus()
+    ingest = Ingest(store, make_providers(config), bus)
+    app[CONFIG] = config
+    app[STORE] = store
+    app[BUS] = bus
+    app[READINESS] = []
+    webhooks.setup(app, ingest, config.server.max_body_bytes)
+    app.cleanup_ctx.append(_store_ctx)
+    app.cleanup_ctx.append(_http_ctx)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    return app
+
+
+async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
+    store = app[STORE]
+    await asyncio.to_thread(store.open)  # migrations run here, before the listener is bound
+    yield
+    await asyncio.to_thread(store.close)  # after in-flight requests: their commits finish first
+
+
+async def _http_ctx(app: web.Application) -> AsyncIterator[None]:
+    # One client session for the whole daemon, with explicit timeouts (sinks, provider APIs).
+    timeout = aiohttp.ClientTimeout(total=30, connect=10, sock_read=20)
+    headers = {"User-Agent": f"flowforged/{__version__}"}
+    async with aiohttp.ClientSession(timeout=timeout, headers=headers) as session:
+        app[HTTP] = session
+        yield
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok", "version": __version__})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    problems = []
+    if not await request.app[STORE].writable():
+        problems.append(f"store cannot commit: {request.app[STORE].last_error}")
+    problems += [p for check in request.app[READINESS] if (p := check()) is not None]
+    if problems:
+        return web.json_response({"status": "unavailable", "problems": problems}, status=503)
+    return web.json_response({"status": "ready"})
+
+
+async def serve(config: Config, notifier: Notifier | None = None,
+                on_ready: Callable[[web.AppRunner], Any] | None = None) -> None:
+    """Run the daemon until SIGTERM or SIGINT."""
+    notifier = notifier or Notifier()
+    for warning in config.warnings:
+        log.warning(warning)
+    app = build(config)
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=config.server.shutdown_timeout)
+    await runner.setup()
+    site = web.TCPSite(runner, config.server.host, config.server.port)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise SystemExit(f"cannot listen on {config.server.listen}: {exc.strerror}") from None
+    log.info("flowforged ready", listen=config.server.listen, version=__version__,
+             sources=sorted(app[webhooks.INGEST].providers), database=str(config.storage.path))
+    notifier.notify("READY=1")
+    if on_ready is not None:
+        on_ready(runner)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    watchdog = asyncio.create_task(notifier.watchdog())
+    await stop.wait()
+    log.info("stopping: draining in-flight requests")
+    notifier.notify("STOPPING=1")
+    watchdog.cancel()
+    await runner.cleanup()
+    log.info("stopped")

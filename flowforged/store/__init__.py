@@ -1,0 +1,253 @@
+"""The SQLite store: one writer thread with group commit, and reader connections for queries.
+
+All of FlowForge's SQL lives in this package, behind `Store`, so that another store (PostgreSQL, for
+users who run several daemons) can be added beside it.
+
+Group commit: webhook handlers submit work to one writer thread; it takes everything waiting, runs
+each item in a savepoint inside one transaction, commits once, and only then resolves each item's
+future. A request is acknowledged after its commit, and many concurrent requests share one fsync.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+import queue
+import sqlite3
+import threading
+import zlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import sqlite_utils
+
+from flowforged import logs
+from flowforged.errors import StoreUnavailable
+from flowforged.store import queries
+from flowforged.store.ingest import Delivery, IngestResult, TransitionHook, apply_events, ingest
+from flowforged.store.schema import migrate
+
+__all__ = ["Delivery", "IngestResult", "Store", "connect"]
+
+log = logs.get("flowforged.store")
+T = TypeVar("T")
+MAX_BATCH = 512
+_STOP = object()
+
+
+def connect(path: Path, *, readonly: bool = False, synchronous: str = "NORMAL") -> sqlite3.Connection:
+    """A connection with FlowForge's settings. Transactions are explicit (isolation_level=None)."""
+    if readonly:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None,
+                               check_same_thread=False)
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(path, isolation_level=None)
+        conn.execute("PRAGMA journal_mode = WAL")
+        # NORMAL in WAL mode: a commit survives the process being killed; FULL also survives power loss.
+        conn.execute(f"PRAGMA synchronous = {synchronous}")
+        conn.execute("PRAGMA foreign_keys = ON")
+    conn.execute("PRAGMA busy_timeout = 5000")
+    return conn
+
+
+class _Job:
+    __slots__ = ("fn", "args", "future", "loop")
+
+    def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...], future: Any, loop: Any):
+        self.fn, self.args, self.future, self.loop = fn, args, future, loop
+
+
+class Store:
+    def __init__(self, path: Path, *, synchronous: str = "NORMAL", readers: int = 4,
+                 on_transition: TransitionHook | None = None):
+        self.path = Path(path)
+        self.synchronous = synchronous
+        self.on_transition = on_transition
+        self._queue: queue.SimpleQueue[_Job | object] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._readers = concurrent.futures.ThreadPoolExecutor(readers, thread_name_prefix="store-read")
+        self._local = threading.local()
+        self._reader_conns: list[sqlite3.Connection] = []
+        self.commits = 0  # batches committed: with `writes`, shows how well group commit groups
+        self.writes = 0
+        self.last_error: str | None = None
+
+    # --- lifecycle ------------------------------------------------------------------------------
+    def open(self) -> Store:
+        ready: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._thread = threading.Thread(target=self._run, args=(ready,), name="store-writer", daemon=True)
+        self._thread.start()
+        ready.result()  # migration errors are raised here, at start
+        return self
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._queue.put(_STOP)
+            self._thread.join()
+            self._thread = None
+        self._readers.shutdown(wait=True)
+        for conn in self._reader_conns:
+            conn.close()
+
+    # --- writing --------------------------------------------------------------------------------
+    async def write(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run fn(conn, *args) on the writer thread; return once its transaction is committed."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._queue.put(_Job(fn, args, future, loop))
+        return await future
+
+    def write_sync(self, fn: Callable[..., T], *args: Any) -> T:
+        """The same from a thread with no event loop (the CLI)."""
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        self._queue.put(_Job(fn, args, future, None))
+        return future.result()
+
+    async def ingest(self, delivery: Delivery, events: list[Any], now: str) -> IngestResult:
+        return await self.write(ingest, delivery, events, now, self.on_transition)
+
+    def _run(self, ready: concurrent.futures.Future[None]) -> None:
+        try:
+            conn = connect(self.path, synchronous=self.synchronous)
+            migrate(conn)
+        except Exception as exc:
+            ready.set_exception(exc)
+            return
+        ready.set_result(None)
+        while True:
+            first = self._queue.get()
+            if first is _STOP:
+                break
+            batch = [first]
+            stop = False
+            while len(batch) < MAX_BATCH:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is _STOP:
+                    stop = True
+                    break
+                batch.append(item)
+            self._commit(conn, batch)  # type: ignore[arg-type]
+            if stop:
+                break
+        conn.close()
+
+    def _commit(self, conn: sqlite3.Connection, batch: list[_Job]) -> None:
+        outcomes: list[tuple[_Job, Any, BaseException | None]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for job in batch:
+                conn.execute("SAVEPOINT job")
+                try:
+                    value = job.fn(conn, *job.args)
+                except sqlite3.Error:
+                    raise  # the database itself failed: the whole batch fails with it
+                except Exception as exc:  # one item's bug must not fail the others
+                    conn.execute("ROLLBACK TO job")
+                    outcomes.append((job, None, exc))
+                else:
+                    outcomes.append((job, value, None))
+                conn.execute("RELEASE job")
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.rollback()
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            log.error("store commit failed", error=self.last_error, batch=len(batch))
+            failure = StoreUnavailable(f"the store cannot commit: {exc}")
+            outcomes = [(job, None, failure) for job in batch]
+        else:
+            self.last_error = None
+            self.commits += 1
+            self.writes += len(batch)
+        for job, value, error in outcomes:
+            _resolve(job, value, error)
+
+    # --- reading --------------------------------------------------------------------------------
+    def _reader(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = connect(self.path, readonly=True)
+            conn.row_factory = sqlite3.Row
+            self._local.conn = conn
+            self._reader_conns.append(conn)
+        return conn
+
+    async def read(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run fn(conn, *args) on a reader connection in the reader pool."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._readers, lambda: fn(self._reader(), *args))
+
+    async def writable(self) -> bool:
+        """For /readyz: can the writer commit right now?"""
+        try:
+            await self.write(lambda conn: conn.execute("SELECT 1").fetchone())
+        except StoreUnavailable:
+            return False
+        return True
+
+    # --- queries (the CLI uses them on their own connection) --------------------------------------
+    runs = staticmethod(queries.runs)
+
+
+def _resolve(job: _Job, value: Any, error: BaseException | None) -> None:
+    def settle() -> None:
+        if job.future.done():
+            return  # the awaiting request was cancelled (client went away); the commit stands
+        if error is not None:
+            job.future.set_exception(error)
+        else:
+            job.future.set_result(value)
+
+    if job.loop is None:
+        settle()
+    else:
+        try:
+            job.loop.call_soon_threadsafe(settle)
+        except RuntimeError:
+            pass  # the loop is closed: nobody is waiting any more
+
+
+def reindex(conn: sqlite3.Connection, decode: Callable[[str, dict[str, str], bytes, str], tuple[list[Any], str | None]],
+            now: str, only_errors: bool = False, batch: int = 500) -> Iterator[tuple[int, int, int]]:
+    """Re-normalize raw deliveries in order, `batch` per transaction. Yields (done, events, errors).
+
+    Idempotent: states already recorded are skipped by their key. No notification is written for what
+    reindex finds: it is history by the time a parser is fixed.
+    """
+    where = "WHERE parse_error IS NOT NULL" if only_errors else ""
+    last = 0
+    done = new_events = errors = 0
+    while True:
+        rows = conn.execute(
+            f"SELECT id, source, event, headers, body FROM deliveries {where}"  # noqa: S608
+            f" {'AND' if where else 'WHERE'} id > ? ORDER BY id LIMIT ?",
+            (last, batch),
+        ).fetchall()
+        if not rows:
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for row_id, source, event, headers, body in rows:
+                events, error = decode(source, json.loads(headers), zlib.decompress(body), event)
+                conn.execute("UPDATE deliveries SET parse_error = ? WHERE id = ?", (error, row_id))
+                result = IngestResult(delivery=row_id)
+                apply_events(conn, row_id, events, now, result, None, notify=False)
+                new_events += len(result.events)
+                errors += error is not None
+                last = row_id
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.rollback()
+            raise
+        done += len(rows)
+        yield done, new_events, errors
+
+
+def open_database(path: Path) -> sqlite_utils.Database:
+    return sqlite_utils.Database(connect(path))

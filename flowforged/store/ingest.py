@@ -1,0 +1,243 @@
+"""The ingest transaction's SQL (DESIGN.md, "Ingest, in one SQLite transaction").
+
+Runs on the writer thread inside the batch's transaction: store the raw delivery, drop it if the
+provider already sent it, record each new state of a run or job, upsert the run's current state, and
+decide the transition of its pipeline+branch. Everything is idempotent: the same delivery or the same
+polled state a second time changes nothing and yields no transition.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sqlite3
+import zlib
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from flowforged.model import Event, JobEvent, RunEvent, Status, next_transition, seconds_between
+
+# Later runs sort after earlier ones: by creation time, then run id, then attempt (a re-run attempt
+# of a run is later than the run).
+_RANK = {Status.PENDING: 0, Status.BLOCKED: 1, Status.RUNNING: 2}
+_REPLACED = frozenset({"status", "provider_status", "updated_at", "finished_at", "duration_seconds"})
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Delivery:
+    source: str
+    delivery_id: str
+    origin: str  # webhook | poll
+    event: str
+    received_at: str
+    headers: Mapping[str, str]
+    body: bytes
+    parse_error: str | None = None
+
+
+@dataclasses.dataclass
+class IngestResult:
+    delivery: int | None  # deliveries.id; None for a duplicate
+    delivery_id: str = ""  # the provider's id (or the derived one)
+    duplicate: bool = False
+    events: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # newly recorded
+    finished: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # runs newly terminal
+    transitions: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # run rows + transition
+
+
+# Called inside the transaction for each transition, so that notifications are written atomically
+# with the delivery that caused them (issue 3's outbox).
+TransitionHook = Callable[[sqlite3.Connection, dict[str, Any], bool], None]
+
+
+def run_order(created_at: str | None, run_id: str, attempt: int) -> str:
+    padded = run_id.rjust(20, "0") if run_id.isdigit() else run_id
+    return f"{created_at or ''}|{padded}|{attempt:05d}"
+
+
+def event_key(event: Event) -> str:
+    job = event.job_id if isinstance(event, JobEvent) else ""
+    return "|".join((event.source, event.kind, event.run_id, str(event.attempt), job, event.status.value,
+                     event.provider_status, event.updated_at))
+
+
+def insert_delivery(conn: sqlite3.Connection, delivery: Delivery) -> int | None:
+    cursor = conn.execute(
+        "INSERT INTO deliveries (source, delivery_id, origin, event, received_at, headers, body, parse_error)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (source, delivery_id) DO NOTHING",
+        (delivery.source, delivery.delivery_id, delivery.origin, delivery.event, delivery.received_at,
+         json.dumps(dict(delivery.headers)), zlib.compress(delivery.body, 6), delivery.parse_error),
+    )
+    return cursor.lastrowid if cursor.rowcount else None
+
+
+def ingest(
+    conn: sqlite3.Connection,
+    delivery: Delivery,
+    events: list[Event],
+    now: str,
+    on_transition: TransitionHook | None = None,
+) -> IngestResult:
+    """Store a delivery and apply its events. A delivery seen before is a duplicate and does nothing."""
+    row = insert_delivery(conn, delivery)
+    if row is None:
+        return IngestResult(delivery=None, delivery_id=delivery.delivery_id, duplicate=True)
+    result = IngestResult(delivery=row, delivery_id=delivery.delivery_id)
+    apply_events(conn, row, events, now, result, on_transition, notify=True)
+    return result
+
+
+def apply_events(
+    conn: sqlite3.Connection,
+    delivery: int,
+    events: list[Event],
+    now: str,
+    result: IngestResult,
+    on_transition: TransitionHook | None,
+    notify: bool,
+) -> None:
+    for event in events:
+        data = {k: v for k, v in dataclasses.asdict(event).items() if v is not None}
+        data["kind"] = event.kind
+        job_id = event.job_id if isinstance(event, JobEvent) else None
+        cursor = conn.execute(
+            "INSERT INTO events (delivery, source, kind, pipeline, run_id, attempt, job_id, status,"
+            " provider_status, updated_at, recorded_at, key, data) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
+            " ON CONFLICT (key) DO NOTHING",
+            (delivery, event.source, event.kind, event.pipeline, event.run_id, event.attempt, job_id,
+             event.status.value, event.provider_status, event.updated_at, now, event_key(event),
+             json.dumps(data)),
+        )
+        if not cursor.rowcount:
+            continue  # this state of this run was recorded before (webhook and poll, or a redelivery)
+        data["id"] = cursor.lastrowid
+        result.events.append(data)
+        if isinstance(event, RunEvent):
+            _apply_run(conn, event, now, result, on_transition, notify)
+        else:
+            _apply_job(conn, event)
+
+
+def _newer(event: Event, updated_at: str, status: str) -> bool:
+    current = Status(status)
+    mine = (event.updated_at, 3 if event.status.terminal else _RANK[event.status])
+    theirs = (updated_at, 3 if current.terminal else _RANK[current])
+    return mine > theirs
+
+
+def _apply_run(
+    conn: sqlite3.Connection,
+    event: RunEvent,
+    now: str,
+    result: IngestResult,
+    on_transition: TransitionHook | None,
+    notify: bool,
+) -> None:
+    conn.execute(
+        "INSERT INTO pipelines (source, pipeline, name, repo, default_branch, first_seen, last_seen)"
+        " VALUES (?,?,?,?,?,?,?) ON CONFLICT (source, pipeline) DO UPDATE SET last_seen = excluded.last_seen,"
+        " name = COALESCE(NULLIF(excluded.name, ''), name),"
+        " default_branch = COALESCE(excluded.default_branch, default_branch)",
+        (event.source, event.pipeline, event.pipeline_name, event.repo, event.default_branch, now, now),
+    )
+    existing = conn.execute(
+        "SELECT id, status, updated_at, created_at, started_at FROM runs"
+        " WHERE source = ? AND run_id = ? AND attempt = ?",
+        (event.source, event.run_id, event.attempt),
+    ).fetchone()
+    if existing is not None and not _newer(event, existing[2], existing[1]):
+        return  # an older state arriving late: the run already moved on
+    created = event.created_at or (existing[3] if existing else None)
+    started = event.started_at or (existing[4] if existing else None)
+    values = {
+        "source": event.source, "pipeline": event.pipeline, "run_id": event.run_id,
+        "attempt": event.attempt, "number": event.number, "branch": event.branch, "sha": event.sha,
+        "status": event.status.value, "provider_status": event.provider_status, "url": event.url,
+        "created_at": created, "started_at": started, "finished_at": event.finished_at,
+        "updated_at": event.updated_at,
+        "duration_seconds": seconds_between(started, event.finished_at),
+        "queue_seconds": seconds_between(created, started),
+        "commit_message": event.commit_message, "author": event.author, "trigger": event.trigger,
+    }
+    if existing is None:
+        columns = ", ".join(values)
+        cursor = conn.execute(
+            f"INSERT INTO runs ({columns}) VALUES ({', '.join('?' * len(values))})",  # noqa: S608
+            tuple(values.values()),
+        )
+        run_row, previous = cursor.lastrowid, None
+    else:
+        run_row, previous = existing[0], existing[1]
+        # A run that is running again (a GitLab retry) has no finish time until it ends again.
+        assignments = ", ".join(f"{k} = ?" if k in _REPLACED else f"{k} = COALESCE(?, {k})" for k in values)
+        conn.execute(
+            f"UPDATE runs SET {assignments}, transition = CASE WHEN status = ? THEN transition END"  # noqa: S608
+            " WHERE id = ?",
+            (*values.values(), event.status.value, run_row),
+        )
+    if not event.status.terminal or previous == event.status.value:
+        return
+    run = {"id": run_row, **values, "default_branch": event.default_branch,
+           "pipeline_name": event.pipeline_name}
+    result.finished.append(run)
+    if event.status.decisive:
+        _decide(conn, run, event, now, result, on_transition, notify)
+
+
+def _decide(
+    conn: sqlite3.Connection,
+    run: dict[str, Any],
+    event: RunEvent,
+    now: str,
+    result: IngestResult,
+    on_transition: TransitionHook | None,
+    notify: bool,
+) -> None:
+    """Compare a decisive run with the previous decisive run of its pipeline+branch."""
+    branch = event.branch or ""
+    order = run_order(run["created_at"], event.run_id, event.attempt)
+    state = conn.execute(
+        "SELECT status, run_order, consecutive_failures FROM pipeline_state"
+        " WHERE source = ? AND pipeline = ? AND branch = ?",
+        (event.source, event.pipeline, branch),
+    ).fetchone()
+    if state is not None and state[1] > order:
+        return  # a run older than the one that set the current state: history, not news
+    previous = Status(state[0]) if state is not None else None
+    transition = next_transition(previous, event.status)
+    failures = ((state[2] if previous is Status.FAILED else 0) + 1) if event.status is Status.FAILED else 0
+    since = now if previous is not event.status or state is None else None
+    conn.execute(
+        "INSERT INTO pipeline_state (source, pipeline, branch, status, run, run_order, consecutive_failures,"
+        " since) VALUES (?,?,?,?,?,?,?,?) ON CONFLICT (source, pipeline, branch) DO UPDATE SET"
+        " status = excluded.status, run = excluded.run, run_order = excluded.run_order,"
+        " consecutive_failures = excluded.consecutive_failures, since = COALESCE(?, since)",
+        (event.source, event.pipeline, branch, event.status.value, run["id"], order, failures,
+         since or now, since),
+    )
+    if transition is None:
+        return
+    conn.execute("UPDATE runs SET transition = ? WHERE id = ?", (transition.value, run["id"]))
+    record = {**run, "transition": transition.value, "consecutive_failures": failures}
+    result.transitions.append(record)
+    if on_transition is not None:
+        on_transition(conn, record, notify)
+
+
+def _apply_job(conn: sqlite3.Connection, event: JobEvent) -> None:
+    existing = conn.execute(
+        "SELECT status, updated_at FROM jobs WHERE source = ? AND job_id = ?", (event.source, event.job_id)
+    ).fetchone()
+    if existing is not None and not _newer(event, existing[1], existing[0]):
+        return
+    conn.execute(
+        "INSERT INTO jobs (source, run_id, attempt, job_id, name, stage, status, provider_status, url,"
+        " started_at, finished_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
+        " ON CONFLICT (source, job_id) DO UPDATE SET status = excluded.status,"
+        " provider_status = excluded.provider_status, name = excluded.name,"
+        " started_at = COALESCE(excluded.started_at, started_at), finished_at = excluded.finished_at,"
+        " updated_at = excluded.updated_at, url = COALESCE(excluded.url, url)",
+        (event.source, event.run_id, event.attempt, event.job_id, event.name, event.stage,
+         event.status.value, event.provider_status, event.url, event.started_at, event.finished_at,
+         event.updated_at),
+    )

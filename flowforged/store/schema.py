@@ -1,0 +1,160 @@
+"""The schema, as a list of migrations applied in order at start (PRAGMA user_version counts them).
+
+A migration is never edited once released: add a new one.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+import sqlite_utils
+
+from flowforged import logs
+
+log = logs.get("flowforged.store")
+
+
+def _v1(db: sqlite_utils.Database) -> None:
+    db["deliveries"].create(
+        {
+            "id": int,
+            "source": str,
+            "delivery_id": str,  # the provider's id, or a key derived from polled data
+            "origin": str,  # webhook | poll
+            "event": str,  # the provider's event name
+            "received_at": str,
+            "headers": str,  # JSON of the provider plugin's stored_headers: never a secret
+            "body": bytes,  # zlib
+            "parse_error": str,
+        },
+        pk="id",
+        not_null={"source", "delivery_id", "origin", "event", "received_at", "headers", "body"},
+    )
+    db["deliveries"].create_index(["source", "delivery_id"], unique=True)
+    db["pipelines"].create(
+        {
+            "id": int,
+            "source": str,
+            "pipeline": str,
+            "name": str,
+            "repo": str,
+            "default_branch": str,
+            "first_seen": str,
+            "last_seen": str,
+        },
+        pk="id",
+        not_null={"source", "pipeline"},
+    )
+    db["pipelines"].create_index(["source", "pipeline"], unique=True)
+    db["runs"].create(
+        {
+            "id": int,
+            "source": str,
+            "pipeline": str,
+            "run_id": str,
+            "attempt": int,
+            "number": int,
+            "branch": str,
+            "sha": str,
+            "status": str,
+            "provider_status": str,
+            "url": str,
+            "created_at": str,
+            "started_at": str,
+            "finished_at": str,
+            "updated_at": str,
+            "duration_seconds": float,
+            "queue_seconds": float,
+            "transition": str,
+            "commit_message": str,
+            "author": str,
+            "trigger": str,
+        },
+        pk="id",
+        not_null={"source", "pipeline", "run_id", "attempt", "status", "updated_at"},
+    )
+    db["runs"].create_index(["source", "run_id", "attempt"], unique=True)
+    db["runs"].create_index(["source", "pipeline", "branch"])
+    db["runs"].create_index(["status"])
+    db["runs"].create_index(["branch"])
+    db["jobs"].create(
+        {
+            "id": int,
+            "source": str,
+            "run_id": str,
+            "attempt": int,
+            "job_id": str,
+            "name": str,
+            "stage": str,
+            "status": str,
+            "provider_status": str,
+            "url": str,
+            "started_at": str,
+            "finished_at": str,
+            "updated_at": str,
+        },
+        pk="id",
+        not_null={"source", "run_id", "attempt", "job_id", "status", "updated_at"},
+    )
+    db["jobs"].create_index(["source", "job_id"], unique=True)
+    db["jobs"].create_index(["source", "run_id", "attempt"])
+    db["events"].create(
+        {
+            "id": int,
+            "delivery": int,
+            "source": str,
+            "kind": str,  # run | job
+            "pipeline": str,
+            "run_id": str,
+            "attempt": int,
+            "job_id": str,
+            "status": str,
+            "provider_status": str,
+            "updated_at": str,
+            "recorded_at": str,
+            "key": str,  # the state it reports: the same state told twice is stored once
+            "data": str,  # JSON of the normalized event
+        },
+        pk="id",
+        foreign_keys=[("delivery", "deliveries", "id")],
+        not_null={"delivery", "source", "kind", "run_id", "status", "key"},
+    )
+    db["events"].create_index(["key"], unique=True)
+    db["events"].create_index(["source", "run_id", "attempt"])
+    db["pipeline_state"].create(
+        {
+            "source": str,
+            "pipeline": str,
+            "branch": str,  # '' for runs of no branch (tags)
+            "status": str,  # success | failed: the last decisive status
+            "run": int,  # runs.id that set it
+            "run_order": str,  # see store.ingest.run_order(): later runs sort after earlier ones
+            "consecutive_failures": int,
+            "since": str,
+        },
+        pk=("source", "pipeline", "branch"),
+    )
+    db["poll_state"].create(
+        {"source": str, "key": str, "etag": str, "cursor": str, "updated_at": str},
+        pk=("source", "key"),
+    )
+
+
+MIGRATIONS = [_v1]
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Bring the schema to the latest version; return it. Each migration commits on its own."""
+    db = sqlite_utils.Database(conn)
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > len(MIGRATIONS):
+        raise RuntimeError(
+            f"the database is at schema version {version}, newer than this flowforged knows "
+            f"({len(MIGRATIONS)}): upgrade flowforged"
+        )
+    for number, migration in enumerate(MIGRATIONS[version:], start=version + 1):
+        with db.atomic():
+            migration(db)
+            conn.execute(f"PRAGMA user_version = {number}")
+        log.info("schema migrated", version=number)
+    return len(MIGRATIONS)

@@ -1,0 +1,1 @@
+"""Fake provider and Slack servers (aiohttp apps) that follow the providers' documented behaviour."""
