@@ -37,7 +37,8 @@ def make_providers(config: Config) -> dict[str, Provider]:
 
 def build(config: Config) -> web.Application:
     app = web.Application(client_max_size=config.server.max_body_bytes)
-    store = Store(config.storage.path)
+    store = Store(config.storage.path, synchronous=config.storage.synchronous.upper(),
+                  busy_timeout=config.storage.busy_timeout)
     bus = Bus()
     ingest = Ingest(store, make_providers(config), bus)
     app[CONFIG] = config

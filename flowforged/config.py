@@ -27,6 +27,8 @@ def parse_duration(value: Any) -> Any:
     """`90`, `"90s"`, `"15m"`, `"4h"`, `"7d"`, `"1h30m"` to seconds; anything else is left to fail."""
     if isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
+    if isinstance(value, str) and re.fullmatch(r"\s*\d+(\.\d+)?\s*", value):
+        return float(value)
     if isinstance(value, str):
         parts = re.findall(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)", value.strip())
         if parts and re.fullmatch(r"(\s*\d+(?:\.\d+)?\s*(ms|s|m|h|d|w))+\s*", value):
@@ -92,6 +94,10 @@ class ServerConfig(Section):
 class StorageConfig(Section):
     path: Path = Path("./var/flowforge.db")
     raw_retention_days: int = Field(default=30, ge=0)  # 0 keeps raw deliveries forever
+    # How long a commit waits for another process that holds the database (a reindex) before the
+    # webhooks waiting on it get 503.
+    busy_timeout: Duration = 5.0
+    synchronous: str = Field(default="normal", pattern="^(normal|full)$")
 
 
 class ApiConfig(Section):

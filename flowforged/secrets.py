@@ -15,6 +15,7 @@ from pathlib import Path
 
 import keyring
 import keyring.backend
+import keyring.backends.fail
 import keyring.errors
 
 from flowforged import logs
@@ -70,6 +71,8 @@ def system_keyring(environ: Mapping[str, str] = os.environ) -> keyring.backend.K
     named = environ.get(BACKEND_VARIABLE)
     if named:
         backend = _load_backend(named)
+        if isinstance(backend, keyring.backends.fail.Keyring):
+            return None
     else:
         try:
             from keyring.backends import SecretService
@@ -146,7 +149,10 @@ def set_secret(name: str, value: str, backend: keyring.backend.KeyringBackend | 
         )
     if not _NAME.match(name):
         raise SecretNotFound(f"secret name {name!r} is not valid (letters, digits, '-', '_', '.')")
-    backend.set_password(KEYRING_SERVICE, name, value)
+    try:
+        backend.set_password(KEYRING_SERVICE, name, value)
+    except keyring.errors.KeyringError as exc:
+        raise SecretNotFound(f"the keyring refused to store {name!r}: {type(exc).__name__}") from None
 
 
 def delete_secret(name: str, backend: keyring.backend.KeyringBackend | None) -> bool:

@@ -37,7 +37,8 @@ MAX_BATCH = 512
 _STOP = object()
 
 
-def connect(path: Path, *, readonly: bool = False, synchronous: str = "NORMAL") -> sqlite3.Connection:
+def connect(path: Path, *, readonly: bool = False, synchronous: str = "NORMAL",
+            busy_timeout: float = 5.0) -> sqlite3.Connection:
     """A connection with FlowForge's settings. Transactions are explicit (isolation_level=None)."""
     if readonly:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None,
@@ -49,7 +50,7 @@ def connect(path: Path, *, readonly: bool = False, synchronous: str = "NORMAL") 
         # NORMAL in WAL mode: a commit survives the process being killed; FULL also survives power loss.
         conn.execute(f"PRAGMA synchronous = {synchronous}")
         conn.execute("PRAGMA foreign_keys = ON")
-    conn.execute("PRAGMA busy_timeout = 5000")
+    conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
     return conn
 
 
@@ -61,10 +62,11 @@ class _Job:
 
 
 class Store:
-    def __init__(self, path: Path, *, synchronous: str = "NORMAL", readers: int = 4,
+    def __init__(self, path: Path, *, synchronous: str = "NORMAL", busy_timeout: float = 5.0, readers: int = 4,
                  on_transition: TransitionHook | None = None):
         self.path = Path(path)
         self.synchronous = synchronous
+        self.busy_timeout = busy_timeout
         self.on_transition = on_transition
         self._queue: queue.SimpleQueue[_Job | object] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
@@ -111,7 +113,7 @@ class Store:
 
     def _run(self, ready: concurrent.futures.Future[None]) -> None:
         try:
-            conn = connect(self.path, synchronous=self.synchronous)
+            conn = connect(self.path, synchronous=self.synchronous, busy_timeout=self.busy_timeout)
             migrate(conn)
         except Exception as exc:
             ready.set_exception(exc)

@@ -19,15 +19,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
 import aiohttp
 import pydantic
-from flowforged_plugins.sinks.webhook import body_excerpt, check_http_url, retry_after, transport_error
+from flowforged_plugins.sinks.webhook import body_excerpt, check_http_url, transport_error
 
 from flowforged.config import SecretValue, SinkConfig
 from flowforged.errors import PermanentSinkError, SinkError
+from flowforged.http import retry_after
 from flowforged.plugin import Notification, Sink, SinkContext
 from flowforged.secrets import Secret
 
@@ -85,7 +87,7 @@ class SlackSink(Sink):
             ) as response:
                 status = response.status
                 text = (await response.text(errors="replace")).strip()
-                wait = retry_after(response.headers.get("Retry-After"))
+                wait = retry_after(response.headers, time.time())
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise transport_error(exc, "Slack") from None
         return answer(status, text, wait)

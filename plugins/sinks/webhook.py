@@ -5,7 +5,7 @@ Signing follows https://www.standardwebhooks.com (spec/standard-webhooks.md): he
 `{id}.{timestamp}.{body}`. The id is the same on every retry of a notification so that a receiver
 can drop duplicates.
 
-The answer of any HTTP sink is read here too (`retry_after`, `transport_error`): Slack uses them.
+How an HTTP sink reads a failure (`transport_error`, `body_excerpt`) is shared with the Slack sink.
 """
 
 from __future__ import annotations
@@ -13,13 +13,11 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
-import email.utils
 import hashlib
 import hmac
 import json
 import time
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 import aiohttp
@@ -28,6 +26,7 @@ import yarl
 
 from flowforged.config import Duration, SecretValue, SinkConfig
 from flowforged.errors import PermanentSinkError, SinkError
+from flowforged.http import retry_after
 from flowforged.plugin import Notification, Sink, SinkContext
 from flowforged.secrets import Secret
 
@@ -98,23 +97,6 @@ def signature_headers(secret: str, message_id: str, timestamp: int, body: bytes)
     }
 
 
-def retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds to wait from a Retry-After header: delay-seconds or an HTTP-date (RFC 9110 10.2.3)."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    now = time.time() if now is None else now
-    return max(0.0, when.timestamp() - datetime.fromtimestamp(now, UTC).timestamp())
-
-
 def transport_error(exc: BaseException, what: str) -> SinkError:
     """A SinkError for a network failure or a timeout. Only the kind of failure and the host are
     named: aiohttp's messages can carry the request URL, and a webhook URL may be a secret."""
@@ -156,7 +138,7 @@ class WebhookSink(Sink):
             ) as response:
                 status = response.status
                 text = await response.text(errors="replace")
-                wait = retry_after(response.headers.get("Retry-After"))
+                wait = retry_after(response.headers, time.time())
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise transport_error(exc, host or "the receiver") from None
         return answer(status, text, wait, host or "the receiver", self._secret_parts())

@@ -1,0 +1,573 @@
+"""The HTTP client the core lends every provider plugin's async half (DESIGN.md, "Plugins").
+
+It owns what every provider needs, so that no plugin writes it twice: the base URL and auth header,
+`ETag` / `If-None-Match` caching, rate-limit accounting (refuse to spend the last `headroom` requests,
+honour `Retry-After`, never sleep an hour inside a request), backoff with full jitter on 5xx and
+network errors, an optional requests-per-second cap, and the figures the metrics export.
+
+The header parsing and status mapping at the top are pure functions; `ProviderClient` is the thin
+async part. The token is kept in one private attribute and never appears in a log line, an exception
+or a repr.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import email.utils
+import json as jsonlib
+import random
+import re
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any, Protocol
+from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit
+
+import aiohttp
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from flowforged import __version__, logs
+from flowforged.errors import ProviderError, RateLimited
+
+log = logs.get("flowforged.http")
+
+BACKOFF_BASE = 1.0  # seconds: the first retry waits up to this, then doubling
+BACKOFF_CAP = 60.0
+# GitHub: with neither retry-after nor x-ratelimit-reset on a secondary-limit answer, "wait for at
+# least one minute before retrying".
+# https://docs.github.com/en/rest/using-the-rest-api/rate-limits-for-the-rest-api#exceeding-the-rate-limit
+DEFAULT_BLOCK = 60.0
+IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
+# A POST may be repeated only when the request surely did not run: a gateway error or no connection.
+POST_RETRY_STATUSES = frozenset({502, 503, 504})
+REDIRECTS = frozenset({301, 302, 303, 307, 308})
+MAX_REDIRECTS = 5
+OUTCOMES = ("ok", "not_modified", "rate_limited", "error")
+
+
+# --- pure half ---------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Budget:
+    """What is left of a rate-limit window, as the provider's last answer told it."""
+
+    limit: int | None
+    remaining: int
+    reset_at: float | None  # epoch seconds
+    resource: str = "core"
+
+    def reserve(self, headroom: int) -> int:
+        # Keeping 50 of a 60-request budget (GitHub unauthenticated, 30/min search) would leave it
+        # almost unusable: the reserve is at most a quarter of the limit.
+        return min(headroom, self.limit // 4) if self.limit is not None else headroom
+
+    def spent(self, headroom: int, now: float) -> bool:
+        """No more requests until the reset: only the reserve is left and the window is still open."""
+        if self.reset_at is None or self.reset_at <= now:
+            return False
+        return self.remaining <= self.reserve(headroom)
+
+
+def _int(value: str | None) -> int | None:
+    try:
+        return int(float(value)) if value not in (None, "") else None
+    except ValueError:
+        return None
+
+
+def _headers(headers: Mapping[str, str]) -> CIMultiDict[str] | CIMultiDictProxy[str]:
+    if isinstance(headers, CIMultiDict | CIMultiDictProxy):
+        return headers
+    return CIMultiDict(headers)
+
+
+def parse_budget(headers: Mapping[str, str], now: float) -> Budget | None:
+    """The rate-limit budget announced by a response, GitHub's or GitLab's headers; None if neither."""
+    h = _headers(headers)
+    # GitHub: x-ratelimit-limit, -remaining, -used, -reset (epoch seconds), -resource (core, search, ...)
+    # https://docs.github.com/en/rest/using-the-rest-api/rate-limits-for-the-rest-api#checking-the-status-of-your-rate-limit
+    remaining = _int(h.get("x-ratelimit-remaining"))
+    if remaining is not None:
+        reset = _int(h.get("x-ratelimit-reset"))
+        return Budget(
+            limit=_int(h.get("x-ratelimit-limit")),
+            remaining=remaining,
+            reset_at=float(reset) if reset is not None else None,
+            resource=h.get("x-ratelimit-resource") or "core",
+        )
+    # GitLab: RateLimit-Limit, -Observed, -Remaining, -Reset (epoch seconds), -ResetTime
+    # https://docs.gitlab.com/ee/administration/settings/user_and_ip_rate_limits.html#response-headers
+    limit = _int(h.get("RateLimit-Limit"))
+    remaining = _int(h.get("RateLimit-Remaining"))
+    if remaining is None:
+        observed = _int(h.get("RateLimit-Observed"))
+        if observed is None or limit is None:
+            return None
+        remaining = max(limit - observed, 0)
+    reset = _int(h.get("RateLimit-Reset"))
+    # The IETF RateLimit draft sends seconds until the reset where GitLab sends an epoch time.
+    if reset is not None and reset < 1_000_000_000:
+        reset = int(now) + reset
+    return Budget(limit=limit, remaining=remaining, reset_at=float(reset) if reset is not None else None)
+
+
+def retry_after(headers: Mapping[str, str], now: float) -> float | None:
+    """`Retry-After` in seconds from `now`: delay-seconds or an HTTP-date (RFC 9110, section 10.2.3)."""
+    value = _headers(headers).get("Retry-After")
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(when.timestamp() - now, 0.0)
+
+
+def provider_message(data: Any) -> str:
+    """The human message of an error body: GitHub `{"message"}`, GitLab `{"message"}` or `{"error"}`."""
+    if not isinstance(data, dict):
+        return ""
+    message = data.get("message") or data.get("error") or ""
+    if isinstance(message, dict | list):  # GitLab validation errors: {"message": {"ref": ["is missing"]}}
+        return jsonlib.dumps(message, sort_keys=True)
+    return str(message)
+
+
+def is_rate_limited(status: int, headers: Mapping[str, str], data: Any) -> bool:
+    """A 429, or a GitHub 403 that is a (secondary or primary) rate limit rather than a permission."""
+    if status == 429:
+        return True
+    if status != 403:
+        return False
+    # GitHub marks these with retry-after, x-ratelimit-remaining: 0, or the message ("You have exceeded
+    # a secondary rate limit", "API rate limit exceeded for ...").
+    h = _headers(headers)
+    if "Retry-After" in h or h.get("x-ratelimit-remaining") == "0":
+        return True
+    return "rate limit" in provider_message(data).lower()
+
+
+def block_seconds(headers: Mapping[str, str], now: float) -> float:
+    """How long to send nothing after a rate-limit answer: Retry-After, else the reset, else 60 s."""
+    after = retry_after(headers, now)
+    if after is not None:
+        return after
+    budget = parse_budget(headers, now)
+    if budget is not None and budget.remaining == 0 and budget.reset_at is not None:
+        return max(budget.reset_at - now, 0.0)
+    return DEFAULT_BLOCK
+
+
+def error_for(source: str, status: int, data: Any) -> ProviderError:
+    """The ProviderError for a 4xx answer that is not a rate limit."""
+    message = provider_message(data)
+    detail = f": {message}" if message else ""
+    if status == 401:
+        # Our token, not the user's request, is at fault: a gateway-side error for the API caller.
+        return ProviderError(
+            f"the API token for source {source} was rejected", status=502, code="provider_auth_failed"
+        )
+    if status == 403:
+        return ProviderError(f"{source}: forbidden{detail}", status=403, code="forbidden")
+    if status == 404:
+        return ProviderError(f"{source}: not found{detail}", status=404, code="not_found")
+    if status in (409, 422):
+        return ProviderError(f"{source}: conflict{detail}", status=409, code="conflict")
+    return ProviderError(
+        f"{source}: the provider answered {status}{detail}", status=502, code="provider_error"
+    )
+
+
+_LINK = re.compile(r'<([^>]*)>((?:\s*;\s*[^;,"\s=]+(?:\s*=\s*(?:"[^"]*"|[^;,\s]*))?)*)')
+_PARAM = re.compile(r';\s*([^;,"\s=]+)(?:\s*=\s*(?:"([^"]*)"|([^;,\s]*)))?')
+
+
+def parse_link(value: str | None) -> dict[str, str]:
+    """An RFC 8288 `Link` header as {rel: url}. GitHub and GitLab paginate with rel next/prev/first/last."""
+    links: dict[str, str] = {}
+    for match in _LINK.finditer(value or ""):
+        for name, quoted, bare in _PARAM.findall(match.group(2)):
+            if name.lower() == "rel":
+                for rel in (quoted or bare).split():  # rel="next last" names two relations
+                    links.setdefault(rel.lower(), match.group(1))
+    return links
+
+
+def next_page(headers: Mapping[str, str]) -> int | None:
+    """GitLab's `x-next-page`: the next page number, empty on the last page."""
+    return _int(_headers(headers).get("x-next-page"))
+
+
+def query_items(params: Mapping[str, Any] | None) -> list[tuple[str, str]]:
+    """Query parameters as pairs: None dropped, booleans as true/false, a list repeats its key."""
+    items: list[tuple[str, str]] = []
+    for key, value in (params or {}).items():
+        for one in value if isinstance(value, list | tuple) else [value]:
+            if one is None:
+                continue
+            items.append((key, ("true" if one else "false") if isinstance(one, bool) else str(one)))
+    return items
+
+
+def cache_key(url: str, query: list[tuple[str, str]]) -> str:
+    """The key an ETag is stored under: the URL with all its query parameters, sorted."""
+    parts = urlsplit(url)
+    pairs = sorted([*parse_qsl(parts.query, keep_blank_values=True), *query])
+    base = f"{parts.scheme}://{parts.netloc}{parts.path}"
+    return f"{base}?{urlencode(pairs)}" if pairs else base
+
+
+def same_origin(url: str, base_url: str) -> bool:
+    """Whether the token may go to `url`: same scheme, host and port as the configured API."""
+    a, b = urlsplit(url), urlsplit(base_url)
+    return (a.scheme.lower(), a.hostname, a.port) == (b.scheme.lower(), b.hostname, b.port)
+
+
+def resource_for(url: str, base_url: str) -> str:
+    """GitHub's rate-limit resource a request spends: search and GraphQL have budgets of their own."""
+    path = urlsplit(url).path.removeprefix(urlsplit(base_url).path.rstrip("/"))
+    if path.startswith("/search/"):
+        return "search"
+    if path.rstrip("/") == "/graphql":
+        return "graphql"
+    return "core"
+
+
+def backoff_delay(
+    attempt: int, rng: random.Random, base: float = BACKOFF_BASE, cap: float = BACKOFF_CAP
+) -> float:
+    """Exponential backoff with full jitter: uniform(0, min(cap, base * 2**attempt))."""
+    return rng.uniform(0.0, min(cap, base * 2**attempt))
+
+
+def parse_body(body: bytes) -> Any:
+    if not body:
+        return None
+    try:
+        return jsonlib.loads(body)
+    except ValueError:  # an HTML error page from a proxy, say
+        return None
+
+
+# --- the store for ETags -------------------------------------------------------------------------
+
+
+class EtagStore(Protocol):
+    async def get(self, source: str, key: str) -> str | None: ...
+
+    async def put(self, source: str, key: str, etag: str) -> None: ...
+
+
+class MemoryEtags:
+    """ETags kept in memory: lost at restart, which costs one full request per URL."""
+
+    def __init__(self) -> None:
+        self._etags: dict[tuple[str, str], str] = {}
+
+    async def get(self, source: str, key: str) -> str | None:
+        return self._etags.get((source, key))
+
+    async def put(self, source: str, key: str, etag: str) -> None:
+        self._etags[(source, key)] = etag
+
+
+# --- the client ----------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Response:
+    status: int
+    headers: Mapping[str, str]  # case-insensitive
+    data: Any  # parsed JSON, None for an empty body, a 304 or a body that is not JSON
+    not_modified: bool = False
+    links: dict[str, str] = dataclasses.field(default_factory=dict)  # rel -> absolute URL
+    next_page: int | None = None  # GitLab x-next-page
+    url: str = ""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ClientStats:
+    requests: Mapping[str, int]  # by outcome: ok, not_modified, rate_limited, error
+    budget_remaining: int | None
+    blocked_until: float | None  # epoch seconds, None when not blocked
+
+
+class ProviderClient:
+    """One source's access to its provider's API, over the app's shared ClientSession."""
+
+    def __init__(
+        self,
+        source: str,
+        base_url: str,
+        auth: tuple[str, str],
+        session: aiohttp.ClientSession,
+        etags: EtagStore | None = None,
+        *,
+        headroom: int = 50,
+        max_rps: float | None = None,
+        max_retries: int = 4,
+        headers: Mapping[str, str] | None = None,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+        rng: random.Random | None = None,
+    ):
+        """`clock` is wall time (rate-limit resets are epoch seconds); `monotonic` spaces requests for
+        `max_rps`. `headers` are sent with every request (GitHub: Accept, X-GitHub-Api-Version)."""
+        self.source = source
+        self.base_url = base_url.rstrip("/")
+        self.session = session
+        self.etags: EtagStore = etags if etags is not None else MemoryEtags()
+        self.headroom = headroom
+        self.max_retries = max_retries
+        self.last_error: str | None = None
+        self._token = auth[1]
+        self._headers = {"User-Agent": f"flowforged/{__version__}", **(headers or {}), auth[0]: auth[1]}
+        self._interval = 1.0 / max_rps if max_rps else 0.0
+        self._next_start = 0.0
+        self._clock = clock
+        self._monotonic = monotonic
+        self._sleep = sleep
+        self._rng = rng or random.Random()
+        self._budgets: dict[str, Budget] = {}
+        self._blocked_until: float | None = None
+        self._counts: Counter[str] = Counter(dict.fromkeys(OUTCOMES, 0))
+
+    def __repr__(self) -> str:
+        return f"ProviderClient(source={self.source!r}, base_url={self.base_url!r})"
+
+    @property
+    def budget(self) -> Budget | None:
+        """The core budget (GitHub's `core` resource; GitLab has only one)."""
+        return self._budgets.get("core")
+
+    @property
+    def stats(self) -> ClientStats:
+        blocked = self._blocked_until
+        return ClientStats(
+            requests=dict(self._counts),
+            budget_remaining=self.budget.remaining if self.budget else None,
+            blocked_until=blocked if blocked is not None and blocked > self._clock() else None,
+        )
+
+    async def request(
+        self,
+        method: str,
+        path_or_url: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        json: Any = None,
+        conditional: bool = False,
+    ) -> Response:
+        """Send one request; raise RateLimited without sending while the budget is spent, and
+        ProviderError for an answer that is an error (after retries, for 5xx and network errors)."""
+        try:
+            response = await self._request(
+                method.upper(), path_or_url, query_items(params), json, conditional
+            )
+        except RateLimited as exc:
+            self._counts["rate_limited"] += 1
+            self.last_error = str(exc)
+            raise
+        except ProviderError as exc:
+            self._counts["error"] += 1
+            self.last_error = str(exc)
+            raise
+        self._counts["not_modified" if response.not_modified else "ok"] += 1
+        return response
+
+    async def get(
+        self, path_or_url: str, *, params: Mapping[str, Any] | None = None, conditional: bool = False
+    ) -> Response:
+        return await self.request("GET", path_or_url, params=params, conditional=conditional)
+
+    async def pages(
+        self,
+        path_or_url: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        conditional: bool = False,
+        max_pages: int | None = None,
+    ) -> AsyncIterator[Response]:
+        """Each page of a list, following `Link: rel="next"` (or GitLab's x-next-page). Stops after a
+        page that is not modified: what follows it is what was seen before."""
+        response = await self.get(path_or_url, params=params, conditional=conditional)
+        count = 1
+        yield response
+        while not response.not_modified and (max_pages is None or count < max_pages):
+            if "next" in response.links:
+                response = await self.get(response.links["next"], conditional=conditional)
+            elif response.next_page is not None:
+                following = {**(params or {}), "page": response.next_page}
+                response = await self.get(path_or_url, params=following, conditional=conditional)
+            else:
+                return
+            count += 1
+            yield response
+
+    # --- internals ---
+
+    async def _request(
+        self, method: str, path_or_url: str, query: list[tuple[str, str]], body: Any, conditional: bool
+    ) -> Response:
+        url = self._resolve(path_or_url)
+        key = cache_key(url, query)
+        headers = dict(self._headers)
+        conditional = conditional and method == "GET"
+        if conditional and (etag := await self.etags.get(self.source, key)):
+            headers["If-None-Match"] = etag
+        status, reply, raw, final_url = await self._send(method, url, query, body, headers)
+        data = parse_body(raw)
+        if status == 304:
+            # GitHub: "Making a conditional request does not count against your primary rate limit if
+            # a 304 response is returned". https://docs.github.com/en/rest/using-the-rest-api/best-practices-for-using-the-rest-api
+            return self._response(status, reply, None, final_url, not_modified=True)
+        if 200 <= status < 300:
+            if conditional and (etag := reply.get("ETag")):
+                await self.etags.put(self.source, key, etag)
+            return self._response(status, reply, data, final_url)
+        if is_rate_limited(status, reply, data):
+            self._blocked_until = self._clock() + block_seconds(reply, self._clock())
+            raise self._limited(self._blocked_until, f"the provider answered {status}")
+        raise self._clean(error_for(self.source, status, data))
+
+    @staticmethod
+    def _response(
+        status: int, headers: CIMultiDictProxy[str], data: Any, url: str, not_modified: bool = False
+    ) -> Response:
+        links, page = parse_link(headers.get("Link")), next_page(headers)
+        return Response(
+            status, headers, data, not_modified=not_modified, links=links, next_page=page, url=url
+        )
+
+    def _resolve(self, path_or_url: str) -> str:
+        if "://" not in path_or_url:
+            return f"{self.base_url}/{path_or_url.lstrip('/')}"
+        if not same_origin(path_or_url, self.base_url):
+            # A Link or Location header pointing elsewhere must not receive the token.
+            host = urlsplit(path_or_url).netloc
+            raise ProviderError(
+                f"{self.source}: refusing to send the API token to {host}, not the configured API host",
+                status=502,
+                code="provider_error",
+            )
+        return path_or_url
+
+    def _refuse_while_limited(self, url: str) -> None:
+        now = self._clock()
+        if self._blocked_until is not None and now < self._blocked_until:
+            raise self._limited(self._blocked_until, "blocked after a rate-limit answer")
+        budget = self._budgets.get(resource_for(url, self.base_url))
+        if budget is not None and budget.spent(self.headroom, now):
+            reason = (
+                f"{budget.remaining} of {budget.limit} {budget.resource} requests left, "
+                f"{budget.reserve(self.headroom)} kept in reserve"
+            )
+            raise self._limited(budget.reset_at or now, reason)
+
+    def _limited(self, until: float, reason: str) -> RateLimited:
+        wait = max(until - self._clock(), 0.0)
+        log.warning("provider rate limited", source=self.source, retry_after=round(wait, 1), reason=reason)
+        return RateLimited(f"{self.source}: rate limited ({reason}); retry in {wait:.0f}s", retry_after=wait)
+
+    async def _send(
+        self, method: str, url: str, query: list[tuple[str, str]], body: Any, headers: dict[str, str]
+    ) -> tuple[int, CIMultiDictProxy[str], bytes, str]:
+        """The exchange, retried with backoff on 5xx and network errors where that is safe."""
+        last = "no answer"
+        for attempt in range(self.max_retries + 1):
+            self._refuse_while_limited(url)
+            try:
+                status, reply, raw, final_url = await self._exchange(method, url, query, body, headers)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                last = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                safe = method in IDEMPOTENT or isinstance(exc, aiohttp.ClientConnectorError)
+            else:
+                if status < 500:
+                    return status, reply, raw, final_url
+                last = f"HTTP {status}"
+                safe = method in IDEMPOTENT or status in POST_RETRY_STATUSES
+            if not safe or attempt == self.max_retries:
+                break
+            delay = backoff_delay(attempt, self._rng)
+            log.debug(
+                "provider retry", source=self.source, method=method, last=self._scrub(last), delay=delay
+            )
+            await self._sleep(delay)
+        tries = attempt + 1
+        raise self._clean(
+            ProviderError(
+                f"{self.source}: the provider API is unavailable ({last} after {tries} "
+                f"attempt{'s' if tries > 1 else ''}, {method} {urlsplit(url).path})",
+                status=502,
+                code="provider_unavailable",
+            )
+        )
+
+    async def _exchange(
+        self, method: str, url: str, query: list[tuple[str, str]], body: Any, headers: dict[str, str]
+    ) -> tuple[int, CIMultiDictProxy[str], bytes, str]:
+        """One request, following redirects only to the configured host (aiohttp would carry a
+        custom auth header like PRIVATE-TOKEN to any host)."""
+        for _ in range(MAX_REDIRECTS + 1):
+            await self._pace()
+            async with self.session.request(
+                method, url, params=query or None, json=body, headers=headers, allow_redirects=False
+            ) as resp:
+                raw = await resp.read()
+                status, reply, final_url = (
+                    resp.status,
+                    CIMultiDictProxy(CIMultiDict(resp.headers)),
+                    str(resp.url),
+                )
+            self._observe(reply)
+            log.debug(
+                "provider request",
+                source=self.source,
+                method=method,
+                path=urlsplit(url).path,
+                status=status,
+                remaining=self.budget.remaining if self.budget else None,
+            )
+            location = reply.get("Location")
+            if status not in REDIRECTS or not location:
+                return status, reply, raw, final_url
+            url, query = self._resolve(urljoin(final_url, location)), []
+            if status == 303:
+                method, body = "GET", None
+        raise ProviderError(f"{self.source}: too many redirects", status=502, code="provider_error")
+
+    async def _pace(self) -> None:
+        """At most max_rps request starts per second: each start is one interval after the last."""
+        if not self._interval:
+            return
+        now = self._monotonic()
+        start = max(now, self._next_start)
+        self._next_start = start + self._interval
+        if start > now:
+            await self._sleep(start - now)
+
+    def _observe(self, headers: CIMultiDictProxy[str]) -> None:
+        budget = parse_budget(headers, self._clock())
+        if budget is None:
+            return
+        previous = self._budgets.get(budget.resource)
+        if previous and previous.reset_at == budget.reset_at and previous.remaining < budget.remaining:
+            # Concurrent answers arrive out of order; within one window the lowest count is current.
+            budget = dataclasses.replace(budget, remaining=previous.remaining)
+        self._budgets[budget.resource] = budget
+
+    def _scrub(self, text: str) -> str:
+        return text.replace(self._token, "[redacted]") if self._token else text
+
+    def _clean(self, error: ProviderError) -> ProviderError:
+        """The provider's message is echoed in errors: make sure it cannot echo the token back."""
+        text = str(error)
+        if self._token and self._token in text:
+            return ProviderError(self._scrub(text), status=error.status, code=error.code)
+        return error

@@ -1,0 +1,173 @@
+"""The event log: transitions per DESIGN.md, idempotence, group commit, migrations."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import zlib
+
+import pytest
+
+from flowforged.ingest import redecode
+from flowforged.model import RunEvent
+from flowforged.store import Delivery, Store, reindex
+from flowforged.store.schema import MIGRATIONS
+from flowforged_plugins.github import GitHubProvider, normalize_run
+
+from tests.conftest import base_config, github_run, make_config
+
+NOW = "2026-11-27T09:00:00Z"
+
+
+def delivery(n: int | str, body: bytes = b"{}", source: str = "github", parse_error: str | None = None) -> Delivery:
+    return Delivery(source=source, delivery_id=str(n), origin="webhook", event="workflow_run",
+                    received_at=NOW, headers={"X-GitHub-Event": "workflow_run"}, body=body,
+                    parse_error=parse_error)
+
+
+def run_event(conclusion: str, run_id: int, *, attempt: int = 1, branch: str = "master",
+              created: str | None = None) -> RunEvent:
+    created = created or f"2026-11-27T08:{run_id % 60:02d}:00Z"
+    payload = github_run(conclusion, run_id=run_id, attempt=attempt, branch=branch, created_at=created,
+                         updated_at=created.replace(":00Z", ":30Z"))
+    return normalize_run("github", payload["workflow_run"], payload["repository"])
+
+
+@pytest.fixture
+async def store(db_path):
+    store = Store(db_path).open()
+    yield store
+    store.close()
+
+
+async def feed(store: Store, *events: RunEvent) -> list[str | None]:
+    transitions = []
+    for n, event in enumerate(events):
+        result = await store.ingest(delivery(f"{event.run_id}-{event.attempt}-{n}"), [event], NOW)
+        transitions.append(result.transitions[0]["transition"] if result.transitions else None)
+    return transitions
+
+
+async def test_transitions_follow_the_previous_decisive_run(store):
+    assert await feed(
+        store,
+        run_event("success", 1),
+        run_event("failure", 2),  # broken
+        run_event("failure", 3),  # still failing
+        run_event("cancelled", 4),  # no change
+        run_event("timed_out", 5),  # still failing: a timeout is a failure
+        run_event("success", 6),  # fixed
+        run_event("success", 7),
+    ) == [None, "broken", "still_failing", None, "still_failing", "fixed", None]
+
+
+async def test_first_run_failing_is_broken_and_branches_are_separate(store):
+    assert await feed(
+        store,
+        run_event("failure", 1, branch="master"),
+        run_event("failure", 2, branch="feature/x"),
+        run_event("failure", 3, branch="master"),
+    ) == ["broken", "broken", "still_failing"]
+
+
+async def test_a_rerun_attempt_that_succeeds_fixes_its_pipeline(store):
+    assert await feed(store, run_event("failure", 10), run_event("success", 10, attempt=2)) == ["broken", "fixed"]
+
+
+async def test_an_older_run_finishing_late_does_not_change_the_state(store):
+    newer = run_event("success", 21, created="2026-11-27T08:30:00Z")
+    older = run_event("failure", 20, created="2026-11-27T08:10:00Z")
+    assert await feed(store, newer, older) == [None, None]
+    assert await feed(store, run_event("failure", 22, created="2026-11-27T08:40:00Z")) == ["broken"]
+
+
+async def test_the_same_state_twice_is_one_event_and_one_transition(store):
+    event = run_event("failure", 30)
+    first = await store.ingest(delivery("a"), [event], NOW)
+    second = await store.ingest(delivery("b"), [event], NOW)
+    again = await store.ingest(delivery("a"), [event], NOW)
+    assert [len(r.transitions) for r in (first, second, again)] == [1, 0, 0]
+    assert [len(r.events) for r in (first, second, again)] == [1, 0, 0]
+    assert again.duplicate and not second.duplicate
+
+
+async def test_a_late_in_progress_event_does_not_undo_completion(store):
+    done = run_event("failure", 40)
+    payload = github_run(None, run_id=40, status="in_progress", created_at=done.created_at,
+                         updated_at="2026-11-27T08:40:05Z")
+    running = normalize_run("github", payload["workflow_run"], payload["repository"])
+    await feed(store, done, running)
+    conn = sqlite3.connect(store.path)
+    assert conn.execute("SELECT status, transition FROM runs").fetchall() == [("failed", "broken")]
+
+
+async def test_concurrent_writes_share_commits(store):
+    events = [run_event("success", 1000 + n) for n in range(200)]
+    results = await asyncio.gather(*(store.ingest(delivery(f"c{n}"), [e], NOW) for n, e in enumerate(events)))
+    assert all(not r.duplicate for r in results)
+    assert store.writes == 200
+    assert store.commits < 200  # group commit: several deliveries per transaction
+
+
+async def test_one_failing_item_does_not_fail_its_batch(store):
+    def boom(conn):
+        conn.execute("INSERT INTO pipelines (source, pipeline) VALUES ('x', 'y')")
+        raise ValueError("bug")
+
+    good = store.ingest(delivery("ok"), [run_event("success", 50)], NOW)
+    outcomes = await asyncio.gather(store.write(boom), good, return_exceptions=True)
+    assert isinstance(outcomes[0], ValueError)
+    assert not outcomes[1].duplicate
+    conn = sqlite3.connect(store.path)
+    assert conn.execute("SELECT count(*) FROM pipelines WHERE source = 'x'").fetchone()[0] == 0  # rolled back
+
+
+async def test_raw_body_is_compressed_and_headers_kept(store):
+    body = b'{"hello": "world"}' * 100
+    await store.ingest(delivery("z", body=body), [], NOW)
+    conn = sqlite3.connect(store.path)
+    stored, headers = conn.execute("SELECT body, headers FROM deliveries").fetchone()
+    assert len(stored) < len(body) and zlib.decompress(stored) == body
+    assert headers == '{"X-GitHub-Event": "workflow_run"}'
+
+
+def test_schema_is_migrated_once_and_reopens(db_path):
+    Store(db_path).open().close()
+    Store(db_path).open().close()
+    conn = sqlite3.connect(db_path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_a_newer_schema_is_refused(db_path):
+    conn = sqlite3.connect(db_path)
+    conn.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
+    conn.close()
+    with pytest.raises(RuntimeError, match="upgrade flowforged"):
+        Store(db_path).open()
+
+
+async def test_reindex_picks_up_a_delivery_after_a_parser_fix(store, db_path):
+    import json
+
+    payload = github_run("failure", run_id=77)
+    payload["workflow_run"]["path"] = None  # a shape today's parser cannot name a pipeline for
+    payload["workflow_run"]["workflow_id"] = None
+    body = json.dumps(payload).encode()
+    await store.ingest(delivery("odd", body=body, parse_error="ValueError: no workflow"), [], NOW)
+    store.close()
+
+    class FixedGitHub(GitHubProvider):
+        def normalize(self, event, payload):
+            payload["workflow_run"]["path"] = ".github/workflows/recovered.yml"
+            return super().normalize(event, payload)
+
+    cfg = make_config(base_config(db_path))
+    providers = {"github": FixedGitHub("github", cfg.source_configs["github"])}
+    conn = sqlite3.connect(db_path, isolation_level=None)
+    progress = list(reindex(conn, lambda *a: redecode(providers, *a), NOW))
+    assert progress[-1] == (1, 1, 0)
+    row = conn.execute("SELECT pipeline, status, transition FROM runs").fetchone()
+    assert row == ("octo-org/octo-repo/.github/workflows/recovered.yml", "failed", "broken")
+    assert conn.execute("SELECT parse_error FROM deliveries").fetchone() == (None,)
+    assert list(reindex(conn, lambda *a: redecode(providers, *a), NOW))[-1] == (1, 0, 0)  # idempotent
