@@ -1,0 +1,516 @@
+"""Prometheus metrics for `GET /metrics` (DESIGN.md, "Metrics").
+
+Every series is kept in plain dicts and exposed by one custom collector, for three reasons:
+
+- Per-pipeline series must drop out once a pipeline+branch has not finished a run for
+  `metrics.stale_after`. A collector filters them at scrape time and prunes them from memory, which
+  prometheus_client's Counter and Gauge cannot do without a sweep thread.
+- `rebuild()` replays the store at start; doing that through Counter.labels().inc() and
+  Histogram.observe() costs several microseconds per run under their locks, plain dicts about one.
+- No `_created` series: with the text format Prometheus ingests each as a gauge of its own, which
+  doubles the series of every counter for a value no dashboard uses.
+
+Cardinality is bounded by construction: `source` and `sink` are configured names; `event` is clamped
+to a short charset and to a fixed number of values per source; `branch` is the branch only for the
+repository's default branch and the patterns in `metrics.branches`, every other branch is `other`
+(`none` for a run on a tag); no run id, SHA or user is ever a label. The histograms carry `source`
+and `pipeline` only: a pipeline's duration depends little on the branch, and a branch label would
+double their ~36 series per pipeline.
+
+Counters survive a restart. `rebuild()` replays the terminal runs of the store, so a counter comes
+back with the value it had, plus the runs finished while the daemon was down. A Prometheus counter
+must never go down while the daemon runs on: if it did (say the replay covered only the last
+`stale_after` days while the live value also held older runs), `rate()` and `increase()` would take
+the drop for a reset and count the whole value again, a spike of a week of runs at every restart. So
+the core feeds `rebuild()` every terminal run of the pipelines it still knows, not only recent ones.
+
+Per-pipeline counters and histograms drop out with the pipeline's gauges once stale: a pipeline that
+was deleted or renamed would otherwise keep ~40 series forever, and Prometheus handles a series that
+stops (it is marked stale, old samples remain queryable). A pipeline+branch that comes back after
+being stale starts its counters from zero, on the live path (its entry was pruned) and in
+`rebuild()` alike (a gap longer than `stale_after` between two runs resets it), so the value after a
+restart still equals the value before it.
+"""
+
+from __future__ import annotations
+
+import bisect
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from fnmatch import translate
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, ProcessCollector
+from prometheus_client.aiohttp import make_aiohttp_handler
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
+from prometheus_client.utils import floatToGoString
+
+WEBHOOK_OUTCOMES = ("accepted", "duplicate", "rejected", "invalid", "too_large", "unknown_source", "unavailable")
+POLL_OUTCOMES = ("ok", "not_modified", "rate_limited", "error")
+ORIGINS = ("webhook", "poll")
+NOTIFICATION_OUTCOMES = ("sent", "retried", "dead", "suppressed")
+OUTBOX_STATES = ("pending", "dead")
+RUN_STATUSES = ("success", "failed", "cancelled", "skipped")
+DECISIVE = frozenset({"success", "failed"})  # cancelled and skipped runs leave the pipeline's state alone
+
+# A CI run lasts from a few seconds (lint) to hours: GitHub stops a job after 6 h, GitLab's default
+# job timeout is 1 h. Buckets are denser where people set their expectations (1 to 30 minutes).
+RUN_BUCKETS = (10, 30, 60, 120, 300, 600, 900, 1200, 1800, 2700, 3600, 5400, 7200, 10800, 14400, 21600)
+# Hosted runners usually pick a job up within seconds; hours mean a runner shortage.
+QUEUE_BUCKETS = (5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 21600)
+# Acknowledging a webhook waits for one group commit: milliseconds, seconds when the disk struggles.
+WEBHOOK_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+# From the transition to the sink's answer: a second when all is well, an hour through retries.
+NOTIFICATION_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 1800, 3600)
+
+UNKNOWN_SOURCE = "unknown"
+OTHER = "other"  # every branch without a label of its own, and an event name out of bounds
+NO_BRANCH = "none"  # a run on a tag, or a provider that names no branch
+_EVENT = re.compile(r"[A-Za-z0-9 _.-]{1,64}")
+MAX_EVENTS_PER_SOURCE = 32  # webhook event names are the provider's; headers of rejected ones are not
+_GUESSED_DEFAULTS = frozenset({"main", "master"})  # until a run tells us the repository's default
+_BRANCH_CACHE_SIZE = 10_000
+
+_STATUS_INDEX = {status: index for index, status in enumerate(RUN_STATUSES)}
+
+Run = Mapping[str, Any]
+
+
+class _Histogram:
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]):
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last one is +Inf
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        value = max(value, 0.0)
+        # bisect_left: a value equal to a bound belongs to that bucket (`le` is inclusive).
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    def add_to(self, family: HistogramMetricFamily, labels: list[str], les: tuple[str, ...]) -> None:
+        cumulative, buckets = 0, []
+        for le, count in zip(les, self.counts, strict=True):
+            cumulative += count
+            buckets.append((le, cumulative))
+        family.add_metric(labels, buckets, self.sum)
+
+
+@dataclass(slots=True)
+class _PipelineBranch:
+    """What is known of one pipeline on one branch label."""
+
+    default: bool  # the repository's default branch: what the "broken" alert watches
+    finished: float  # latest finish of any terminal run
+    counts: list[int] = field(default_factory=lambda: [0] * len(RUN_STATUSES))
+    status: str | None = None  # success or failed, from the latest decisive run
+    status_at: float = float("-inf")  # finish of the run that set it
+    since: float = 0.0  # finish of the run that moved it into that status
+
+
+@dataclass(slots=True)
+class _Pipeline:
+    finished: float
+    default_branch: str | None
+    duration: _Histogram = field(default_factory=lambda: _Histogram(RUN_BUCKETS))
+    queue: _Histogram = field(default_factory=lambda: _Histogram(QUEUE_BUCKETS))
+
+
+def _timestamp(value: str | float | None) -> float | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    return datetime.fromisoformat(value).timestamp()  # ISO 8601 with Z, as model.iso() writes it
+
+
+def _les(bounds: tuple[float, ...]) -> tuple[str, ...]:
+    return (*(floatToGoString(bound) for bound in bounds), "+Inf")
+
+
+def _check(value: str, allowed: tuple[str, ...], what: str) -> None:
+    if value not in allowed:
+        raise ValueError(f"unknown {what} {value!r}; expected one of {', '.join(allowed)}")
+
+
+class Metrics:
+    """The daemon's metrics, in a registry of their own (one per daemon, one per test)."""
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        branches: list[str] = ["main", "master"],  # noqa: B006 (read only, the config's default)
+        stale_after: float = 7 * 86400,
+        version: str = "0.0.0",
+        clock: Callable[[], float] = time.time,
+        process_metrics: bool = True,
+    ):
+        self.registry = registry
+        self.stale_after = float(stale_after)
+        self.version = version
+        self._clock = clock
+        self._branch_pattern = re.compile("|".join(translate(p) for p in branches)) if branches else None
+        self._branch_cache: dict[str, bool] = {}
+        self._lock = threading.Lock()  # the store's writer thread may report as the event loop scrapes
+
+        self._webhooks: dict[tuple[str, str, str], int] = {}
+        self._webhook_events: dict[str, set[str]] = {}
+        self._webhook_seconds: dict[str, _Histogram] = {}
+        self._polls: dict[tuple[str, str], int] = {}
+        self._rate_limits: dict[str, tuple[int, int | None, float | None]] = {}
+        self._events: dict[tuple[str, str], int] = {}
+        self._notifications: dict[tuple[str, str], int] = {}
+        self._outbox: dict[str, int] = {}
+        self._notification_latency = _Histogram(NOTIFICATION_BUCKETS)
+        self._branches: dict[tuple[str, str, str], _PipelineBranch] = {}
+        self._pipelines: dict[tuple[str, str], _Pipeline] = {}
+
+        registry.register(_Collector(self))
+        if process_metrics:
+            ProcessCollector(namespace="flowforge", registry=registry)
+        self.handler: Callable[[web.Request], Any] = make_aiohttp_handler(registry)
+
+    # --- webhooks, polling, storage -------------------------------------------------------------
+    def webhook(self, source: str, event: str, outcome: str, seconds: float) -> None:
+        """One delivery to /hooks/{source}, answered after `seconds`."""
+        _check(outcome, WEBHOOK_OUTCOMES, "webhook outcome")
+        if outcome == "unknown_source":
+            source = UNKNOWN_SOURCE  # the path is the sender's choice, not a configured name
+        with self._lock:
+            event = self._event_label(source, event)
+            if (source, event, outcome) not in self._webhooks:
+                # Every outcome starts at 0, so that the first rejection is an increase() and alerts.
+                for each in WEBHOOK_OUTCOMES:
+                    self._webhooks.setdefault((source, event, each), 0)
+            self._webhooks[source, event, outcome] += 1
+            histogram = self._webhook_seconds.get(source)
+            if histogram is None:
+                histogram = self._webhook_seconds[source] = _Histogram(WEBHOOK_BUCKETS)
+            histogram.observe(seconds)
+
+    def _event_label(self, source: str, event: str) -> str:
+        if not _EVENT.fullmatch(event or ""):
+            return OTHER
+        seen = self._webhook_events.setdefault(source, set())
+        if event not in seen:
+            if len(seen) >= MAX_EVENTS_PER_SOURCE:
+                return OTHER
+            seen.add(event)
+        return event
+
+    def poll_request(self, source: str, outcome: str) -> None:
+        _check(outcome, POLL_OUTCOMES, "poll outcome")
+        with self._lock:
+            self._count(self._polls, source, outcome, POLL_OUTCOMES)
+
+    def rate_limit_remaining(
+        self, source: str, remaining: int | None, quota: int | None = None, reset_at: float | None = None
+    ) -> None:
+        """What the provider's rate-limit headers said (GitHub `x-ratelimit-remaining`, `-limit`,
+        `-reset`; GitLab `RateLimit-Remaining`, `-Limit`, `-Reset`). None removes the series."""
+        with self._lock:
+            if remaining is None:
+                self._rate_limits.pop(source, None)
+            else:
+                self._rate_limits[source] = (remaining, quota, reset_at)
+
+    def events_stored(self, source: str, origin: str, count: int = 1) -> None:
+        _check(origin, ORIGINS, "origin")
+        with self._lock:
+            self._count(self._events, source, origin, ORIGINS, count)
+
+    # --- notifications ----------------------------------------------------------------------------
+    def notification(self, sink: str, outcome: str) -> None:
+        _check(outcome, NOTIFICATION_OUTCOMES, "notification outcome")
+        with self._lock:
+            self._count(self._notifications, sink, outcome, NOTIFICATION_OUTCOMES)
+
+    def outbox_depth(self, count: int, state: str = "pending") -> None:
+        _check(state, OUTBOX_STATES, "outbox state")
+        with self._lock:
+            self._outbox[state] = count
+
+    def outbox_depth_by_state(self, counts: Mapping[str, int]) -> None:
+        """The outbox rows per state; states other than pending and dead have left the outbox."""
+        with self._lock:
+            for state in OUTBOX_STATES:
+                self._outbox[state] = counts.get(state, 0)
+
+    def notification_latency(self, seconds: float) -> None:
+        """From the run's finish (the transition) to the sink's acknowledgement."""
+        with self._lock:
+            self._notification_latency.observe(seconds)
+
+    @staticmethod
+    def _count(
+        counters: dict[tuple[str, str], int], name: str, outcome: str, outcomes: tuple[str, ...], by: int = 1
+    ) -> None:
+        if (name, outcome) not in counters:
+            for each in outcomes:
+                counters.setdefault((name, each), 0)
+        counters[name, outcome] += by
+
+    # --- pipeline runs ----------------------------------------------------------------------------
+    def run_finished(self, run: Run) -> None:
+        """A run reached a terminal status; called once per run (the core guarantees it)."""
+        with self._lock:
+            self._record(run)
+
+    def rebuild(self, runs: Iterable[Run]) -> int:
+        """Replay terminal runs at start, ordered by finished_at, before the listener is ready.
+
+        Feed every terminal run the store holds for pipelines that may still be live, not only those
+        of the last `stale_after`: a counter lower than before the restart reads as a reset to
+        Prometheus, which then counts its whole value again (see the module's docstring). Runs of a
+        pipeline+branch that has gone stale cost one dict entry until the first scrape prunes them.
+        Returns the number of runs replayed.
+        """
+        replayed = 0
+        with self._lock:
+            for run in runs:
+                self._record(run)
+                replayed += 1
+        return replayed
+
+    def _record(self, run: Run) -> None:
+        status = run["status"]
+        status = getattr(status, "value", status)  # model.Status or its string
+        index = _STATUS_INDEX.get(status)
+        if index is None:
+            raise ValueError(f"run of {run.get('pipeline')!r} is not terminal: {status!r}")
+        finished = _timestamp(run.get("finished_at"))
+        if finished is None:
+            finished = self._clock()
+        source, pipeline = run["source"], run["pipeline"]
+
+        entry = self._pipelines.get((source, pipeline))
+        if entry is None or finished - entry.finished > self.stale_after:
+            # New, or back after a gap: it starts from zero, as it does once pruned (module docstring).
+            known = entry.default_branch if entry is not None else None
+            entry = self._pipelines[source, pipeline] = _Pipeline(finished, known)
+        elif finished > entry.finished:
+            entry.finished = finished
+        if run.get("default_branch"):
+            entry.default_branch = run["default_branch"]
+        if status in DECISIVE and run.get("duration_seconds") is not None:
+            # A cancelled run stops early and a skipped one takes no time: either would drag p50 down.
+            entry.duration.observe(run["duration_seconds"])
+        if run.get("queue_seconds") is not None:
+            entry.queue.observe(run["queue_seconds"])
+
+        branch = run.get("branch")
+        label, default = self._branch_label(branch, entry.default_branch)
+        key = (source, pipeline, label)
+        state = self._branches.get(key)
+        if state is None or finished - state.finished > self.stale_after:
+            state = self._branches[key] = _PipelineBranch(default, finished)
+        else:
+            state.default = default
+            if finished > state.finished:
+                state.finished = finished
+        state.counts[index] += 1
+        # A run that finished before the one that set the status arrived late: it changes nothing.
+        if status in DECISIVE and finished >= state.status_at:
+            if status != state.status:
+                state.status, state.since = status, finished
+            state.status_at = finished
+
+    def _branch_label(self, branch: str | None, default_branch: str | None) -> tuple[str, bool]:
+        """The `branch` label and whether it is the repository's default branch."""
+        if not branch:
+            return NO_BRANCH, False
+        if default_branch is not None:
+            is_default = branch == default_branch
+        else:
+            is_default = branch in _GUESSED_DEFAULTS
+        if is_default:
+            return branch, True
+        matched = self._branch_cache.get(branch)
+        if matched is None:
+            matched = bool(self._branch_pattern and self._branch_pattern.match(branch))
+            if len(self._branch_cache) >= _BRANCH_CACHE_SIZE:
+                self._branch_cache.clear()  # feature branches come and go; keep memory bounded
+            self._branch_cache[branch] = matched
+        return (branch if matched else OTHER), False
+
+    def _prune(self, now: float) -> None:
+        horizon = now - self.stale_after
+        for key in [key for key, state in self._branches.items() if state.finished < horizon]:
+            del self._branches[key]
+        for key in [key for key, entry in self._pipelines.items() if entry.finished < horizon]:
+            del self._pipelines[key]
+
+    # --- exposition ----------------------------------------------------------------------------
+    def families(self) -> Iterator[Metric]:
+        """Every family, with its samples as of now (stale pipelines pruned first)."""
+        with self._lock:
+            self._prune(self._clock())
+            yield from self._families()
+
+    def _families(self) -> Iterator[Metric]:
+        yield InfoMetricFamily("flowforge_build", "The running flowforged.", value={"version": self.version})
+
+        deliveries = CounterMetricFamily(
+            "flowforge_webhook_deliveries_total",
+            "Webhook deliveries received, by source, event and how they were answered.",
+            labels=["source", "event", "outcome"],
+        )
+        for (source, event, outcome), value in sorted(self._webhooks.items()):
+            deliveries.add_metric([source, event, outcome], value)
+        yield deliveries
+        handling = HistogramMetricFamily(
+            "flowforge_webhook_duration_seconds",
+            "Time from a webhook request to its answer (after the commit, for an accepted one).",
+            labels=["source"],
+        )
+        for source, histogram in sorted(self._webhook_seconds.items()):
+            histogram.add_to(handling, [source], _WEBHOOK_LES)
+        yield handling
+
+        polls = CounterMetricFamily(
+            "flowforge_poll_requests_total",
+            "Requests to the provider APIs by the poller, by source and outcome.",
+            labels=["source", "outcome"],
+        )
+        for (source, outcome), value in sorted(self._polls.items()):
+            polls.add_metric([source, outcome], value)
+        yield polls
+        remaining = GaugeMetricFamily(
+            "flowforge_rate_limit_remaining",
+            "Requests left in the provider's rate-limit window, as its last answer said.",
+            labels=["source"],
+        )
+        quota = GaugeMetricFamily(
+            "flowforge_rate_limit_quota",
+            "Requests allowed in the provider's rate-limit window.",
+            labels=["source"],
+        )
+        reset = GaugeMetricFamily(
+            "flowforge_rate_limit_reset_timestamp_seconds",
+            "When the provider's rate-limit window resets (Unix time).",
+            labels=["source"],
+        )
+        for source, (left, limit, reset_at) in sorted(self._rate_limits.items()):
+            remaining.add_metric([source], left)
+            if limit is not None:
+                quota.add_metric([source], limit)
+            if reset_at is not None:
+                reset.add_metric([source], reset_at)
+        yield from (remaining, quota, reset)
+
+        events = CounterMetricFamily(
+            "flowforge_events_stored_total",
+            "Normalized run and job events stored, by source and origin (webhook or poll).",
+            labels=["source", "origin"],
+        )
+        for (source, origin), value in sorted(self._events.items()):
+            events.add_metric([source, origin], value)
+        yield events
+
+        yield from self._pipeline_families()
+
+        notifications = CounterMetricFamily(
+            "flowforge_notifications_total",
+            "Notification attempts, by sink and outcome (sent, retried, dead, suppressed).",
+            labels=["sink", "outcome"],
+        )
+        for (sink, outcome), value in sorted(self._notifications.items()):
+            notifications.add_metric([sink, outcome], value)
+        yield notifications
+        outbox = GaugeMetricFamily(
+            "flowforge_outbox_notifications",
+            "Notifications in the outbox (its depth): pending delivery, or dead after their last attempt.",
+            labels=["state"],
+        )
+        for state, value in sorted(self._outbox.items()):
+            outbox.add_metric([state], value)
+        yield outbox
+        latency = HistogramMetricFamily(
+            "flowforge_notification_latency_seconds",
+            "Time from a transition to its notification's delivery to the sink.",
+            labels=[],
+        )
+        self._notification_latency.add_to(latency, [], _NOTIFICATION_LES)
+        yield latency
+
+    def _pipeline_families(self) -> Iterator[Metric]:
+        labels = ["source", "pipeline", "branch"]
+        finished = CounterMetricFamily(
+            "flowforge_pipeline_runs_finished_total",
+            "Pipeline runs that reached a terminal status, counted once per run, by branch and status.",
+            labels=[*labels, "status"],
+        )
+        status = GaugeMetricFamily(
+            "flowforge_pipeline_status",
+            "1 for the current status of each pipeline+branch (success or failed, from its latest "
+            "decisive run); one series per pipeline+branch, its status in the status label.",
+            labels=[*labels, "default_branch", "status"],
+        )
+        since = GaugeMetricFamily(
+            "flowforge_pipeline_status_since_timestamp_seconds",
+            "When the pipeline+branch entered its current status: the finish of the run that broke or fixed it.",
+            labels=[*labels, "default_branch"],
+        )
+        last = GaugeMetricFamily(
+            "flowforge_pipeline_last_finished_timestamp_seconds",
+            "When the latest run of the pipeline+branch finished, whatever its status (Unix time).",
+            labels=[*labels, "default_branch"],
+        )
+        for (source, pipeline, branch), state in sorted(self._branches.items()):
+            default = "true" if state.default else "false"
+            for name, count in zip(RUN_STATUSES, state.counts, strict=True):
+                finished.add_metric([source, pipeline, branch, name], count)
+            if state.status is not None:
+                status.add_metric([source, pipeline, branch, default, state.status], 1)
+                since.add_metric([source, pipeline, branch, default], state.since)
+            last.add_metric([source, pipeline, branch, default], state.finished)
+        yield from (finished, status, since, last)
+
+        duration = HistogramMetricFamily(
+            "flowforge_pipeline_run_duration_seconds",
+            "Duration of pipeline runs that succeeded or failed (cancelled and skipped runs are left out).",
+            labels=["source", "pipeline"],
+        )
+        queue = HistogramMetricFamily(
+            "flowforge_pipeline_run_queue_seconds",
+            "Time pipeline runs waited between being created and starting.",
+            labels=["source", "pipeline"],
+        )
+        for (source, pipeline), entry in sorted(self._pipelines.items()):
+            entry.duration.add_to(duration, [source, pipeline], _RUN_LES)
+            entry.queue.add_to(queue, [source, pipeline], _QUEUE_LES)
+        yield from (duration, queue)
+
+
+_RUN_LES = _les(RUN_BUCKETS)
+_QUEUE_LES = _les(QUEUE_BUCKETS)
+_WEBHOOK_LES = _les(WEBHOOK_BUCKETS)
+_NOTIFICATION_LES = _les(NOTIFICATION_BUCKETS)
+
+
+class _Collector:
+    """The registry's view of a Metrics: families built at scrape time."""
+
+    def __init__(self, metrics: Metrics):
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(list(self._metrics.families()))
+
+    def describe(self) -> Iterator[Metric]:
+        # Names only, so that the registry refuses a second Metrics on the same registry.
+        with self._metrics._lock:
+            return iter([type(f)(f.name, f.documentation) for f in self._metrics._families()])
