@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sys
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -87,6 +88,7 @@ async def serve(config: Config, notifier: Notifier | None = None,
                 on_ready: Callable[[web.AppRunner], Any] | None = None) -> None:
     """Run the daemon until SIGTERM or SIGINT."""
     notifier = notifier or Notifier()
+    sys.setswitchinterval(0.0005)
     for warning in config.warnings:
         log.warning(warning)
     app = build(config)

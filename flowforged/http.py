@@ -34,12 +34,13 @@ log = logs.get("flowforged.http")
 
 BACKOFF_BASE = 1.0  # seconds: the first retry waits up to this, then doubling
 BACKOFF_CAP = 60.0
-# GitHub: with neither retry-after nor x-ratelimit-reset on a secondary-limit answer, "wait for at
-# least one minute before retrying".
+# GitHub: without retry-after, and unless x-ratelimit-remaining is 0 (then wait for x-ratelimit-reset),
+# "wait for at least one minute before retrying".
 # https://docs.github.com/en/rest/using-the-rest-api/rate-limits-for-the-rest-api#exceeding-the-rate-limit
 DEFAULT_BLOCK = 60.0
 IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
-# A POST may be repeated only when the request surely did not run: a gateway error or no connection.
+# A POST is repeated only on a gateway's answer or when no connection was made. A 504 can hide a
+# request that did run, so a retried trigger may, rarely, start two runs.
 POST_RETRY_STATUSES = frozenset({502, 503, 504})
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
 MAX_REDIRECTS = 5
@@ -119,8 +120,10 @@ def retry_after(headers: Mapping[str, str], now: float) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
-        return float(value)
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        pass
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
@@ -326,7 +329,7 @@ class ProviderClient:
         self.headroom = headroom
         self.max_retries = max_retries
         self.last_error: str | None = None
-        self._token = auth[1]
+        self._token = auth[1].split(" ", 1)[-1]  # "Bearer <token>" or the bare token
         self._headers = {"User-Agent": f"flowforged/{__version__}", **(headers or {}), auth[0]: auth[1]}
         self._interval = 1.0 / max_rps if max_rps else 0.0
         self._next_start = 0.0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import time
 from datetime import UTC, datetime
 
 
@@ -104,13 +105,15 @@ def iso(value: datetime) -> str:
 
 
 def utcnow() -> str:
-    return iso(datetime.now(UTC))
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 def parse_time(value: str | int | float | None) -> str | None:
     """Any provider timestamp (ISO 8601, GitLab's "2016-08-12 15:23:28 UTC", epoch ms) to iso()."""
     if value is None or value == "":
         return None
+    if isinstance(value, str) and len(value) == 20 and value[10] == "T" and value[19] == "Z":
+        return value  # already what iso() writes (GitHub's own format): the common case, made cheap
     if isinstance(value, int | float):
         return iso(datetime.fromtimestamp(value / 1000, UTC))
     text = value.strip()

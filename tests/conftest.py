@@ -16,7 +16,7 @@ from aiohttp.test_utils import TestClient
 from flowforged import app as app_module
 from flowforged import config, logs
 from flowforged.secrets import SecretContext
-from flowforged_plugins import github, gitlab
+from flowforged_plugins import github
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(os.environ.get("FLOWFORGE_FIXTURES", ROOT.parent / "shared" / "fixtures"))

@@ -10,7 +10,6 @@ import pytest
 
 from flowforged import cli
 from flowforged.secrets import KEYRING_SERVICE
-
 from tests.conftest import github_headers, github_run
 from tests.memkeyring import MemoryKeyring
 

@@ -7,7 +7,6 @@ import pytest
 from flowforged import cli, config
 from flowforged.errors import ConfigError
 from flowforged.secrets import Secret, SecretContext
-
 from tests.conftest import ROOT, base_config, make_config
 from tests.memkeyring import MemoryKeyring
 

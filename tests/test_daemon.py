@@ -47,7 +47,7 @@ async def post_all(url: str, deliveries, acked: list[str], concurrency: int = 16
                 async with session.post(f"{url}/hooks/github", data=body, headers=headers) as response:
                     if response.status in (200, 202):
                         acked.append(headers["X-GitHub-Delivery"])
-            except (aiohttp.ClientError, asyncio.TimeoutError):
+            except (TimeoutError, aiohttp.ClientError):
                 return
 
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:

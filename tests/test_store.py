@@ -13,7 +13,6 @@ from flowforged.model import RunEvent
 from flowforged.store import Delivery, Store, reindex
 from flowforged.store.schema import MIGRATIONS
 from flowforged_plugins.github import GitHubProvider, normalize_run
-
 from tests.conftest import base_config, github_run, make_config
 
 NOW = "2026-11-27T09:00:00Z"

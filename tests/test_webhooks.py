@@ -8,7 +8,6 @@ import time
 import urllib.parse
 
 from flowforged_plugins import gitlab
-
 from tests.conftest import (
     GITHUB_SECRET,
     GITLAB_TOKEN,

@@ -167,8 +167,7 @@ class Store:
             self.last_error = None
             self.commits += 1
             self.writes += len(batch)
-        for job, value, error in outcomes:
-            _resolve(job, value, error)
+        _resolve(outcomes)
 
     # --- reading --------------------------------------------------------------------------------
     def _reader(self) -> sqlite3.Connection:
@@ -197,20 +196,27 @@ class Store:
     runs = staticmethod(queries.runs)
 
 
-def _resolve(job: _Job, value: Any, error: BaseException | None) -> None:
-    def settle() -> None:
+def _settle(outcomes: list[tuple[_Job, Any, BaseException | None]]) -> None:
+    for job, value, error in outcomes:
         if job.future.done():
-            return  # the awaiting request was cancelled (client went away); the commit stands
+            continue  # the awaiting request was cancelled (client went away); the commit stands
         if error is not None:
             job.future.set_exception(error)
         else:
             job.future.set_result(value)
 
-    if job.loop is None:
-        settle()
-    else:
+
+def _resolve(outcomes: list[tuple[_Job, Any, BaseException | None]]) -> None:
+    """Wake each waiting loop once per batch, not once per item: one self-pipe write per commit."""
+    by_loop: dict[Any, list[tuple[_Job, Any, BaseException | None]]] = {}
+    for outcome in outcomes:
+        by_loop.setdefault(outcome[0].loop, []).append(outcome)
+    for loop, items in by_loop.items():
+        if loop is None:
+            _settle(items)
+            continue
         try:
-            job.loop.call_soon_threadsafe(settle)
+            loop.call_soon_threadsafe(_settle, items)
         except RuntimeError:
             pass  # the loop is closed: nobody is waiting any more
 

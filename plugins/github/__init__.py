@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 from typing import Any
 from urllib.parse import parse_qs
@@ -41,7 +40,14 @@ def status_of(status: str | None, conclusion: str | None) -> tuple[Status, str]:
 
 def sign(secret: str, body: bytes) -> str:
     """The X-Hub-Signature-256 value GitHub sends for `body`."""
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    # hmac.digest() is OpenSSL's one-shot HMAC: several times faster than hmac.new() on this hot path.
+    return "sha256=" + hmac.digest(secret.encode(), body, "sha256").hex()
+
+
+def workflow_path(run: dict[str, Any]) -> str:
+    """The workflow file: webhooks send `.github/workflows/ci.yml`, the REST API may add `@main`."""
+    path = run.get("path")
+    return path.split("@", 1)[0] if path else str(run.get("workflow_id"))
 
 
 def normalize_run(source: str, run: dict[str, Any], repository: dict[str, Any] | None = None) -> RunEvent:
@@ -54,7 +60,7 @@ def normalize_run(source: str, run: dict[str, Any], repository: dict[str, Any] |
     actor = run.get("triggering_actor") or run.get("actor") or {}
     return RunEvent(
         source=source,
-        pipeline=f"{repo}/{run['path']}" if run.get("path") else f"{repo}/{run.get('workflow_id')}",
+        pipeline=f"{repo}/{workflow_path(run)}",
         pipeline_name=run.get("name") or run.get("path") or "",
         run_id=str(run["id"]),
         attempt=int(run.get("run_attempt") or 1),

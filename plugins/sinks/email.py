@@ -98,39 +98,43 @@ class EmailSink(Sink):
                 timeout=config.timeout,
                 cert_bundle=str(config.ca_file) if config.ca_file else None,
             )
-        except aiosmtplib.SMTPRecipientsRefused as exc:
-            detail = "; ".join(f"{r.recipient}: {r.code} {r.message}" for r in exc.recipients)
-            if all(r.code >= 500 for r in exc.recipients):
-                raise PermanentSinkError(f"{host} refused every recipient: {detail}") from None
-            raise SinkError(f"{host} refused every recipient for now: {detail}") from None
-        except aiosmtplib.SMTPAuthenticationError as exc:
-            raise PermanentSinkError(
-                f"{host} refused the login of {config.username!r}: {exc.code} {exc.message}"
-            ) from None
-        except aiosmtplib.SMTPResponseException as exc:
-            if exc.code >= 500:
-                raise PermanentSinkError(f"{host} refused the message: {exc.code} {exc.message}") from None
-            raise SinkError(f"{host} answered {exc.code} {exc.message}") from None
-        except (aiosmtplib.SMTPConnectError, aiosmtplib.SMTPServerDisconnected, TimeoutError, OSError) as exc:
-            raise SinkError(f"cannot send through {host}:{config.smtp_port}: {_reason(exc)}") from None
-        except aiosmtplib.SMTPException as exc:
-            # What is left is a mismatch between the config and the server (no STARTTLS, no AUTH):
-            # it stays until someone changes one of them.
-            raise PermanentSinkError(f"{host}:{config.smtp_port}: {exc.message}") from None
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            raise smtp_error(exc, f"{host}:{config.smtp_port}", config.username) from None
         if refused:
             # Retrying would send the message again to those who got it: say who did not, and stop.
-            context.log.warning("some email recipients were refused", sink=self.name,
-                                refused=sorted(refused), notification_id=notification.id)
+            context.log.warning(
+                "some email recipients were refused",
+                sink=self.name,
+                refused=sorted(refused),
+                notification_id=notification.id,
+            )
             who = ", ".join(f"{address} ({r.code} {r.message})" for address, r in sorted(refused.items()))
             return f"sent to {len(recipients) - len(refused)} of {len(recipients)} recipients; refused: {who}"
         return f"accepted by {host} for {len(recipients)} recipient(s): {reply}"
 
 
-def _reason(exc: BaseException) -> str:
+def smtp_error(exc: BaseException, server: str, username: str | None) -> SinkError | PermanentSinkError:
+    """What an SMTP failure means for the notification: 4yz replies and lost connections are tried
+    again, 5yz replies and a config the server does not support are not."""
+    if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
+        detail = "; ".join(f"{r.recipient}: {r.code} {r.message}" for r in exc.recipients)
+        if all(r.code >= 500 for r in exc.recipients):
+            return PermanentSinkError(f"{server} refused every recipient: {detail}")
+        return SinkError(f"{server} refused every recipient for now: {detail}")
+    if isinstance(exc, aiosmtplib.SMTPAuthenticationError):
+        return PermanentSinkError(f"{server} refused the login of {username!r}: {exc.code} {exc.message}")
+    if isinstance(exc, aiosmtplib.SMTPResponseException):
+        if exc.code >= 500:
+            return PermanentSinkError(f"{server} refused the message: {exc.code} {exc.message}")
+        return SinkError(f"{server} answered {exc.code} {exc.message}")
     if isinstance(exc, TimeoutError):
-        return "timed out"
-    text = getattr(exc, "message", None) or getattr(exc, "strerror", None) or str(exc)
-    return text or type(exc).__name__
+        return SinkError(f"cannot send through {server}: timed out")
+    if isinstance(exc, aiosmtplib.SMTPConnectError | aiosmtplib.SMTPServerDisconnected | OSError):
+        reason = getattr(exc, "message", None) or getattr(exc, "strerror", None) or type(exc).__name__
+        return SinkError(f"cannot send through {server}: {reason}")
+    # What is left (no STARTTLS, no AUTH offered) is a mismatch between the config and the server:
+    # it stays until someone changes one of them.
+    return PermanentSinkError(f"{server}: {getattr(exc, 'message', None) or exc}")
 
 
 # --- rendering (pure) --------------------------------------------------------------------------
@@ -154,8 +158,11 @@ def render(notification: Notification, sender: str, to: list[str], now: float | 
 
 def subject(notification: Notification) -> str:
     """`[FlowForge] BROKEN octo-org/octo-repo test.yml on main (3484a3f)`: readable in an inbox list."""
-    parts = ["[FlowForge]", SUBJECT_LABELS.get(notification.transition, notification.transition.upper()),
-             short_pipeline(notification.pipeline)]
+    parts = [
+        "[FlowForge]",
+        SUBJECT_LABELS.get(notification.transition, notification.transition.upper()),
+        short_pipeline(notification.pipeline),
+    ]
     if notification.branch:
         parts.append(f"on {notification.branch}")
     if notification.sha:
@@ -192,11 +199,16 @@ def html_body(notification: Notification) -> str:
         parts += [_html_item(_item(other), detailed=False) for other in others[:MAX_OTHERS_LISTED]]
         if len(others) > MAX_OTHERS_LISTED:
             parts.append(f"<p>…and {len(others) - MAX_OTHERS_LISTED} more</p>")
-    footer = (f"Sent by FlowForge (source {html.escape(notification.source)}, "
-              f"sink {html.escape(notification.sink)}).")
+    footer = (
+        f"Sent by FlowForge (source {html.escape(notification.source)}, "
+        f"sink {html.escape(notification.sink)})."
+    )
     parts.append(f'<p style="color:#57606a;font-size:12px">{footer}</p>')
-    return ('<!DOCTYPE html>\n<html><body style="font-family:sans-serif">\n' + "\n".join(parts)
-            + "\n</body></html>\n")
+    return (
+        '<!DOCTYPE html>\n<html><body style="font-family:sans-serif">\n'
+        + "\n".join(parts)
+        + "\n</body></html>\n"
+    )
 
 
 def _item(source: Notification | Mapping[str, Any]) -> dict[str, Any]:
@@ -249,10 +261,15 @@ def _html_item(item: dict[str, Any], detailed: bool) -> str:
     name = html.escape(item["name"])
     if item["url"]:
         name = f'<a href="{html.escape(item["url"], quote=True)}">{name}</a>'
-    out = [f'<h2 style="margin-bottom:4px"><span style="color:{colour}">{label}:</span> {name}</h2>',
-           '<table style="border-collapse:collapse">']
-    out += [f'<tr><td style="padding-right:12px;color:#57606a">{html.escape(key)}</td>'
-            f"<td>{html.escape(str(value))}</td></tr>" for key, value in _rows(item, detailed)]
+    out = [
+        f'<h2 style="margin-bottom:4px"><span style="color:{colour}">{label}:</span> {name}</h2>',
+        '<table style="border-collapse:collapse">',
+    ]
+    out += [
+        f'<tr><td style="padding-right:12px;color:#57606a">{html.escape(key)}</td>'
+        f"<td>{html.escape(str(value))}</td></tr>"
+        for key, value in _rows(item, detailed)
+    ]
     out.append("</table>")
     if item["failed_jobs"]:
         jobs = "".join(f"<li>{html.escape(job)}</li>" for job in item["failed_jobs"])
@@ -263,9 +280,18 @@ def _html_item(item: dict[str, Any], detailed: bool) -> str:
 def _message_id(notification: Notification, sender: str) -> str:
     # Not the outbox id alone: a new database starts counting again, and a mail client would hide
     # the new message behind an old one with the same id.
-    key = "|".join(str(part) for part in (notification.id, notification.sink, notification.source,
-                                           notification.pipeline, notification.run_id,
-                                           notification.attempt, notification.transition))
+    key = "|".join(
+        str(part)
+        for part in (
+            notification.id,
+            notification.sink,
+            notification.source,
+            notification.pipeline,
+            notification.run_id,
+            notification.attempt,
+            notification.transition,
+        )
+    )
     digest = hashlib.sha256(key.encode()).hexdigest()[:20]
     domain = email.utils.parseaddr(sender)[1].rpartition("@")[2] or "flowforge.invalid"
     return f"<flowforge.{notification.id}.{digest}@{domain}>"

@@ -68,7 +68,8 @@ class SlackConfig(SinkConfig):
     @pydantic.field_validator("webhook_url")
     @classmethod
     def _url(cls, value: Secret) -> Secret:
-        check_http_url(value.get())
+        if value.origin != "missing":  # commands that need no secret's value resolve it leniently
+            check_http_url(value.get())
         return value
 
 
@@ -82,7 +83,9 @@ class SlackSink(Sink):
         body = json.dumps(render(notification), ensure_ascii=False).encode()
         try:
             async with context.http.post(
-                self.config.webhook_url.get(), data=body, allow_redirects=False,
+                self.config.webhook_url.get(),
+                data=body,
+                allow_redirects=False,
                 headers={"Content-Type": "application/json; charset=utf-8"},
             ) as response:
                 status = response.status
@@ -100,8 +103,9 @@ def answer(status: int, text: str, wait: float | None) -> str:
         return "ok"
     if status == 429:
         # Slack always sends Retry-After with a 429; one second is its documented pace anyway.
-        raise SinkError("Slack is rate limiting this webhook (HTTP 429)",
-                        retry_after=wait if wait is not None else 1.0)
+        raise SinkError(
+            "Slack is rate limiting this webhook (HTTP 429)", retry_after=wait if wait is not None else 1.0
+        )
     if status >= 500 and error not in PERMANENT_ERRORS:
         raise SinkError(f"Slack answered HTTP {status}: {error or 'no details'}")
     hint = PERMANENT_ERRORS.get(error, "Slack will not accept this message")
@@ -119,9 +123,12 @@ def render(notification: Notification) -> dict[str, Any]:
         blocks.append({"type": "divider"})
         blocks += [_section(text) for text in _pack(_other_lines(main["others"]))]
     if main["source"]:
-        blocks.append({"type": "context", "elements": [
-            {"type": "mrkdwn", "text": escape(f"FlowForge · source {main['source']}")}
-        ]})
+        blocks.append(
+            {
+                "type": "context",
+                "elements": [{"type": "mrkdwn", "text": escape(f"FlowForge · source {main['source']}")}],
+            }
+        )
     return {"text": fallback_text(notification), "blocks": blocks[:MAX_BLOCKS]}
 
 
@@ -164,14 +171,25 @@ def _fields(item: Notification | Mapping[str, Any]) -> dict[str, Any]:
     else:
         data = {field.name: getattr(item, field.name) for field in dataclasses.fields(item)}
     pipeline = str(data.get("pipeline") or "")
-    fields = {key: data.get(key) for key in (
-        "transition", "source", "branch", "run_id", "url", "sha", "commit_message", "author",
-        "duration_seconds",
-    )}
+    fields = {
+        key: data.get(key)
+        for key in (
+            "transition",
+            "source",
+            "branch",
+            "run_id",
+            "url",
+            "sha",
+            "commit_message",
+            "author",
+            "duration_seconds",
+        )
+    }
     fields["transition"] = str(fields["transition"] or "")
     fields["pipeline"] = pipeline
-    fields["name"] = truncate(str(data.get("pipeline_name") or pipeline.rpartition("/")[2] or "pipeline"),
-                              MAX_NAME)
+    fields["name"] = truncate(
+        str(data.get("pipeline_name") or pipeline.rpartition("/")[2] or "pipeline"), MAX_NAME
+    )
     fields["attempt"] = data.get("attempt") or 1
     fields["failed_jobs"] = [str(job) for job in data.get("failed_jobs") or ()]
     fields["others"] = list(data.get("others") or ())

@@ -46,7 +46,11 @@ class WebhookConfig(SinkConfig):
     @pydantic.field_validator("url")
     @classmethod
     def _url(cls, value: str | Secret) -> str | Secret:
-        check_http_url(value.get() if isinstance(value, Secret) else value)
+        if isinstance(value, Secret):
+            if value.origin != "missing":  # commands that need no secret's value resolve it leniently
+                check_http_url(value.get())
+        else:
+            check_http_url(value)
         return value
 
     @pydantic.field_validator("secret")
@@ -55,6 +59,7 @@ class WebhookConfig(SinkConfig):
         if value is not None:
             signing_key(value.get())  # fails early, at check-config, on a malformed whsec_ value
         return value
+
 
 def check_http_url(url: str) -> yarl.URL:
     """Raise ValueError, without repeating the URL, unless it is an absolute http(s) URL."""
@@ -123,17 +128,22 @@ class WebhookSink(Sink):
         url = self.config.url.get() if isinstance(self.config.url, Secret) else self.config.url
         host = yarl.URL(url).host
         body = payload(notification)
-        headers = {key: value.get() if isinstance(value, Secret) else value
-                   for key, value in self.config.headers.items()}
+        headers = {
+            key: value.get() if isinstance(value, Secret) else value
+            for key, value in self.config.headers.items()
+        }
         headers["Content-Type"] = "application/json"
         if self.config.secret is not None:
-            headers.update(signature_headers(
-                self.config.secret.get(), f"ff_{notification.id}", int(time.time()), body
-            ))
+            headers.update(
+                signature_headers(self.config.secret.get(), f"ff_{notification.id}", int(time.time()), body)
+            )
         try:
             # No redirects: a signed request replayed to wherever a Location points is not wanted.
             async with context.http.post(
-                url, data=body, headers=headers, allow_redirects=False,
+                url,
+                data=body,
+                headers=headers,
+                allow_redirects=False,
                 timeout=aiohttp.ClientTimeout(total=self.config.timeout),
             ) as response:
                 status = response.status
@@ -148,7 +158,8 @@ class WebhookSink(Sink):
         parts = [value.get() for value in self.config.headers.values() if isinstance(value, Secret)]
         if isinstance(self.config.url, Secret):
             parsed = yarl.URL(self.config.url.get())
-            parts += [parsed.raw_path_qs, parsed.path_qs] + [p for p in parsed.parts if len(p) >= 4]
+            parts += [parsed.raw_path_qs, parsed.path_qs, *parsed.query.values()]
+            parts += [part for part in parsed.parts if len(part) >= 4]
         return parts
 
 
@@ -165,6 +176,7 @@ def answer(status: int, text: str, wait: float | None, host: str, secrets: Seque
     if status in (408, 429) or status >= 500:
         raise SinkError(f"{host} answered HTTP {status}{said}", retry_after=wait)
     if 300 <= status < 400:
-        raise PermanentSinkError(f"{host} answered HTTP {status} (a redirect): set the sink's url to "
-                                 "the new location")
+        raise PermanentSinkError(
+            f"{host} answered HTTP {status} (a redirect): set the sink's url to the new location"
+        )
     raise PermanentSinkError(f"{host} answered HTTP {status}{said}")

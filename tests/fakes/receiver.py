@@ -141,6 +141,9 @@ class Receiver:
             text = "try again later"
         else:
             text = answer.detail or ("ok" if answer.status < 300 else "error")
-        self.received.append(Received(arrived, request.path_qs, CIMultiDict(request.headers), body,
-                                      answer.status, text, verified))
+        self.received.append(
+            Received(
+                arrived, request.path_qs, CIMultiDict(request.headers), body, answer.status, text, verified
+            )
+        )
         return web.Response(status=answer.status, text=text, headers=headers)

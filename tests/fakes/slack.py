@@ -33,8 +33,14 @@ from multidict import CIMultiDict
 
 from tests.fakes.receiver import Hang, Received, Script
 
-ERRORS = {400: "invalid_payload", 403: "invalid_token", 404: "no_service", 410: "channel_is_archived",
-          429: "rate_limited", 500: "rollup_error"}
+ERRORS = {
+    400: "invalid_payload",
+    403: "invalid_token",
+    404: "no_service",
+    410: "channel_is_archived",
+    429: "rate_limited",
+    500: "rollup_error",
+}
 MAX_BLOCKS = 50
 MAX_SECTION_TEXT = 3000
 MAX_FIELDS = 10
@@ -62,8 +68,12 @@ def validate(payload: Any) -> str | None:
 
 
 def _text(obj: Any, limit: int, types: tuple[str, ...] = ("plain_text", "mrkdwn")) -> bool:
-    return (isinstance(obj, dict) and obj.get("type") in types and isinstance(obj.get("text"), str)
-            and 1 <= len(obj["text"]) <= limit)
+    return (
+        isinstance(obj, dict)
+        and obj.get("type") in types
+        and isinstance(obj.get("text"), str)
+        and 1 <= len(obj["text"]) <= limit
+    )
 
 
 def _valid_block(block: dict[str, Any]) -> bool:
@@ -74,15 +84,24 @@ def _valid_block(block: dict[str, Any]) -> bool:
             return False
         if "text" in block and not _text(block["text"], MAX_SECTION_TEXT):
             return False
-        return fields is None or (isinstance(fields, list) and len(fields) <= MAX_FIELDS
-                                  and all(_text(field, MAX_FIELD_TEXT) for field in fields))
+        return fields is None or (
+            isinstance(fields, list)
+            and len(fields) <= MAX_FIELDS
+            and all(_text(field, MAX_FIELD_TEXT) for field in fields)
+        )
     if kind == "header":
         return _text(block.get("text"), MAX_HEADER_TEXT, ("plain_text",))
     if kind == "context":
         elements = block.get("elements")
-        return (isinstance(elements, list) and 1 <= len(elements) <= MAX_CONTEXT_ELEMENTS
-                and all(_text(element, MAX_SECTION_TEXT) or element.get("type") == "image"
-                        for element in elements))
+        return (
+            isinstance(elements, list)
+            and 1 <= len(elements) <= MAX_CONTEXT_ELEMENTS
+            and all(
+                isinstance(element, dict)
+                and (_text(element, MAX_SECTION_TEXT) or element.get("type") == "image")
+                for element in elements
+            )
+        )
     return kind == "divider"
 
 
@@ -132,8 +151,9 @@ class FakeSlack:
                 text = ERRORS[429]
             else:
                 text = answer.detail or ERRORS.get(status, "error")
-        self.received.append(Received(arrived, request.path_qs, CIMultiDict(request.headers), body,
-                                      status, text))
+        self.received.append(
+            Received(arrived, request.path_qs, CIMultiDict(request.headers), body, status, text)
+        )
         return web.Response(status=status, text=text, headers=headers)
 
 
