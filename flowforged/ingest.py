@@ -11,11 +11,14 @@ import hashlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import msgspec
+
 from flowforged import logs
 from flowforged.bus import Bus
 from flowforged.model import Event, utcnow
 from flowforged.plugin import Headers, Provider
 from flowforged.store import Delivery, IngestResult, Store
+from flowforged.store.ingest import event_key
 
 log = logs.get("flowforged.ingest")
 Listener = Callable[[IngestResult, str, str], None]  # (result, source, origin)
@@ -56,6 +59,27 @@ class Ingest:
             source=provider.name, delivery_id=delivery_id(provider, headers, body), origin="webhook",
             event=event, received_at=utcnow(), headers=stored_headers(provider, headers), body=body,
             parse_error=error,
+        )
+        return await self.commit(delivery, events)
+
+    async def polled(self, provider: Provider, event: str, payload: dict[str, Any]) -> IngestResult:
+        """A run or job the poller read from the provider's API, in the same path as a webhook.
+
+        The body is stored like a delivery's (so that reindex re-reads it) under a key derived from
+        the state it reports: re-polling the same state is a duplicate, and a state a webhook already
+        told adds no event and no transition.
+        """
+        events, error = normalize(provider, event, payload)
+        if error:
+            log.warning("polled item stored raw: it could not be normalized", source=provider.name,
+                        hook_event=event, error=error)
+        if events:
+            key = "poll:" + event_key(events[0])
+        else:
+            key = "poll:" + hashlib.sha256(msgspec.json.encode(payload)).hexdigest()
+        delivery = Delivery(
+            source=provider.name, delivery_id=key, origin="poll", event=event, received_at=utcnow(),
+            headers={}, body=msgspec.json.encode(payload), parse_error=error,
         )
         return await self.commit(delivery, events)
 
