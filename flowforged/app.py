@@ -19,7 +19,9 @@ from flowforged import __version__, logs, webhooks
 from flowforged.bus import Bus
 from flowforged.config import Config
 from flowforged.ingest import Ingest
-from flowforged.plugin import Provider, providers
+from flowforged.dispatch import Dispatcher
+from flowforged.notify import Planner
+from flowforged.plugin import Provider, Sink, providers, sinks
 from flowforged.store import Store
 from flowforged.systemd import Notifier
 
@@ -28,6 +30,7 @@ CONFIG = web.AppKey("config", Config)
 STORE = web.AppKey("store", Store)
 BUS = web.AppKey("bus", Bus)
 HTTP = web.AppKey("http", aiohttp.ClientSession)
+DISPATCHER = web.AppKey("dispatcher", Dispatcher)
 READINESS = web.AppKey("readiness", list)  # callables returning a problem (str) or None
 
 
@@ -36,10 +39,16 @@ def make_providers(config: Config) -> dict[str, Provider]:
     return {name: kinds[source.type](name, source) for name, source in config.source_configs.items()}
 
 
+def make_sinks(config: Config) -> dict[str, Sink]:
+    kinds = sinks()
+    return {name: kinds[sink.type](name, sink) for name, sink in config.sink_configs.items()}
+
+
 def build(config: Config) -> web.Application:
     app = web.Application(client_max_size=config.server.max_body_bytes)
+    planner = Planner(config.rules)
     store = Store(config.storage.path, synchronous=config.storage.synchronous.upper(),
-                  busy_timeout=config.storage.busy_timeout)
+                  busy_timeout=config.storage.busy_timeout, on_transition=planner.plan)
     bus = Bus()
     ingest = Ingest(store, make_providers(config), bus)
     app[CONFIG] = config
@@ -49,6 +58,7 @@ def build(config: Config) -> web.Application:
     webhooks.setup(app, ingest, config.server.max_body_bytes)
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_http_ctx)
+    app.cleanup_ctx.append(_dispatcher_ctx)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     return app
@@ -68,6 +78,18 @@ async def _http_ctx(app: web.Application) -> AsyncIterator[None]:
     async with aiohttp.ClientSession(timeout=timeout, headers=headers) as session:
         app[HTTP] = session
         yield
+
+
+async def _dispatcher_ctx(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG].notifications
+    dispatcher = Dispatcher(app[STORE], make_sinks(app[CONFIG]), app[HTTP], max_age=config.max_age,
+                            backoff_base=config.backoff_base, backoff_cap=config.backoff_cap)
+    app[DISPATCHER] = dispatcher
+    app[webhooks.INGEST].listeners.append(
+        lambda result, source, origin: dispatcher.wake() if result.transitions else None)
+    dispatcher.start()
+    yield
+    await dispatcher.stop()
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -124,6 +124,134 @@ def cmd_reindex(args: argparse.Namespace) -> int:
     return 0
 
 
+def _writer(args: argparse.Namespace) -> Any:
+    """A write connection for commands that change the database beside a running daemon."""
+    from flowforged.store import connect
+    from flowforged.store.schema import migrate
+
+    cfg = _load(args, lenient=True)
+    conn = connect(cfg.storage.path)
+    migrate(conn)
+    return conn
+
+
+def _reader(args: argparse.Namespace) -> Any:
+    import sqlite3
+
+    from flowforged.store import connect
+
+    cfg = _load(args, lenient=True)
+    if not cfg.storage.path.exists():
+        raise FlowForgeError(f"no database at {cfg.storage.path} yet: start the daemon first")
+    conn = connect(cfg.storage.path, readonly=True)
+    conn.row_factory = sqlite3.Row
+    return conn
+
+
+def _when(value: float | None) -> str:
+    import time
+
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(value)) if value else "-"
+
+
+def _print_table(rows: list[dict[str, Any]], columns: list[tuple[str, Callable[[dict[str, Any]], Any]]]) -> None:
+    cells = [[str(get(row)) for _, get in columns] for row in rows]
+    widths = [max([len(title)] + [len(c[i]) for c in cells]) for i, (title, _) in enumerate(columns)]
+    print("  ".join(title.ljust(w) for (title, _), w in zip(columns, widths, strict=True)).rstrip())
+    for row in cells:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+def cmd_notifications(args: argparse.Namespace) -> int:
+    import time
+
+    from flowforged.store import outbox
+
+    if args.action == "retry":
+        if args.id is None:
+            raise FlowForgeError("notifications retry needs the notification's ID")
+        conn = _writer(args)
+        if not outbox.retry(conn, args.id, time.time()):
+            print(f"no dead, pending or suppressed notification {args.id}", file=sys.stderr)
+            return 1
+        print(f"notification {args.id} will be sent again now")
+        return 0
+    rows = outbox.notifications(_reader(args), state=args.state, limit=args.limit)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print("no notifications")
+        return 0
+    _print_table(rows, [("ID", lambda r: r["id"]), ("STATE", lambda r: r["state"]), ("SINK", lambda r: r["sink"]),
+                        ("TRANSITION", lambda r: r["transition"]), ("PIPELINE", lambda r: r["pipeline"]),
+                        ("BRANCH", lambda r: r["branch"] or "-"), ("CREATED", lambda r: _when(r["created_at"])),
+                        ("TRIES", lambda r: r["attempts"]),
+                        ("LAST ERROR / ANSWER", lambda r: (r["last_error"] or r["answer"] or "")[:60])])
+    return 0
+
+
+def cmd_silence(args: argparse.Namespace) -> int:
+    import time
+
+    from flowforged.store import outbox
+
+    now = time.time()
+    if args.action == "add":
+        until = _until(args.until, now)
+        conn = _writer(args)
+        silence_id = outbox.add_silence(conn, args.source or ["*"], args.pipeline or ["*"], args.branch or ["*"],
+                                        until, args.comment, now)
+        print(f"silence {silence_id} added until {_when(until)}")
+        return 0
+    if args.action == "expire":
+        if args.id is None:
+            raise FlowForgeError("silence expire needs the silence's ID")
+        if not outbox.expire_silence(_writer(args), args.id, now):
+            print(f"no active silence {args.id}", file=sys.stderr)
+            return 1
+        print(f"silence {args.id} expired")
+        return 0
+    rows = outbox.silences(_reader(args), now, include_expired=args.all)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    elif rows:
+        _print_table(rows, [("ID", lambda r: r["id"]), ("SOURCES", lambda r: ",".join(r["sources"])),
+                            ("PIPELINES", lambda r: ",".join(r["pipelines"])),
+                            ("BRANCHES", lambda r: ",".join(r["branches"])), ("UNTIL", lambda r: _when(r["until"])),
+                            ("ACTIVE", lambda r: "yes" if r["active"] else "no"), ("COMMENT", lambda r: r["comment"])])
+    else:
+        print("no active silences")
+    return 0
+
+
+def _until(value: str, now: float) -> float:
+    from datetime import datetime
+
+    try:
+        return now + config.parse_duration(value)
+    except ValueError:
+        pass
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        raise FlowForgeError(f"--until {value!r}: expected a duration (2h, 3d) or an ISO 8601 time") from None
+
+
+def cmd_notify_test(args: argparse.Namespace) -> int:
+    from flowforged.app import make_sinks
+    from flowforged.notify_test import send_sample
+
+    cfg = _load(args)
+    sinks = make_sinks(cfg)
+    if args.sink not in sinks:
+        raise FlowForgeError(f"no sink named {args.sink!r} (configured: {', '.join(sorted(sinks)) or 'none'})")
+    logs.setup(cfg.logging.level, stream=sys.stderr)
+    ok, answer = asyncio.run(send_sample(sinks[args.sink]))
+    print(f"{args.sink}: {'sent' if ok else 'FAILED'}: {answer}")
+    return 0 if ok else 1
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="flowforged", description="A CI/CD watcher daemon.")
     top.add_argument("-c", "--config", help="config file (default: $FLOWFORGED_CONFIG, else "
@@ -149,6 +277,27 @@ def parser() -> argparse.ArgumentParser:
     reindex = sub.add_parser("reindex", help="re-normalize the raw deliveries (after a parser fix)")
     reindex.add_argument("--errors-only", action="store_true", help="only deliveries that failed to parse")
     reindex.set_defaults(func=cmd_reindex)
+    notes = sub.add_parser("notifications", help="list notifications by state, or retry one")
+    notes.add_argument("action", nargs="?", choices=["list", "retry"], default="list")
+    notes.add_argument("id", nargs="?", type=int)
+    notes.add_argument("--state", choices=["pending", "sent", "dead", "suppressed", "superseded"])
+    notes.add_argument("--limit", type=int, default=50)
+    notes.add_argument("--json", action="store_true")
+    notes.set_defaults(func=cmd_notifications)
+    silence = sub.add_parser("silence", help="silence notifications for some pipelines for a while")
+    silence.add_argument("action", choices=["add", "list", "expire"])
+    silence.add_argument("id", nargs="?", type=int)
+    silence.add_argument("--source", action="append", help="glob; repeat for several (default: all)")
+    silence.add_argument("--pipeline", action="append", help="glob; repeat for several (default: all)")
+    silence.add_argument("--branch", action="append", help="glob; repeat for several (default: all)")
+    silence.add_argument("--until", default="2h", help="a duration (2h, 1d) or an ISO 8601 time")
+    silence.add_argument("--comment", default="")
+    silence.add_argument("--all", action="store_true", help="list expired silences too")
+    silence.add_argument("--json", action="store_true")
+    silence.set_defaults(func=cmd_silence)
+    test = sub.add_parser("notify-test", help="send a sample notification through a configured sink")
+    test.add_argument("sink")
+    test.set_defaults(func=cmd_notify_test)
     return top
 
 

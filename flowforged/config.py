@@ -113,6 +113,12 @@ class MetricsConfig(Section):
     stale_after: Duration = 7 * 86400
 
 
+class NotificationsConfig(Section):
+    max_age: Duration = 6 * 3600.0  # a notification not sent by then is dead: old news misleads
+    backoff_base: Duration = 1.0  # first retry after up to this long, doubling each time
+    backoff_cap: Duration = 600.0  # retries never wait longer than this
+
+
 class SourceConfig(Section):
     """Keys every source has; a provider plugin subclasses this for its own."""
 
@@ -171,6 +177,7 @@ class Config(Section):
     sources: dict[str, dict[str, Any]] = {}
     sinks: dict[str, dict[str, Any]] = {}
     rules: list[RuleConfig] = []
+    notifications: NotificationsConfig = NotificationsConfig()
     metrics: MetricsConfig = MetricsConfig()
 
     # Filled by validate(): each source and sink validated by its plugin's model, and the warnings

@@ -5,8 +5,8 @@ Every series is kept in plain dicts and exposed by one custom collector, for thr
 - Per-pipeline series must drop out once a pipeline+branch has not finished a run for
   `metrics.stale_after`. A collector filters them at scrape time and prunes them from memory, which
   prometheus_client's Counter and Gauge cannot do without a sweep thread.
-- `rebuild()` replays the store at start; doing that through Counter.labels().inc() and
-  Histogram.observe() costs several microseconds per run under their locks, plain dicts about one.
+- `rebuild()` replays the store at start: 100,000 runs take 0.15 s here, against 0.75 s through
+  Counter.labels().inc() and Histogram.observe(), which take a lock per call.
 - No `_created` series: with the text format Prometheus ingests each as a gauge of its own, which
   doubles the series of every counter for a value no dashboard uses.
 
@@ -18,11 +18,12 @@ and `pipeline` only: a pipeline's duration depends little on the branch, and a b
 double their ~36 series per pipeline.
 
 Counters survive a restart. `rebuild()` replays the terminal runs of the store, so a counter comes
-back with the value it had, plus the runs finished while the daemon was down. A Prometheus counter
+back with the value it had (runs that finished while the daemon was down follow as polling finds
+them, through `run_finished()`, like any other). A Prometheus counter
 must never go down while the daemon runs on: if it did (say the replay covered only the last
 `stale_after` days while the live value also held older runs), `rate()` and `increase()` would take
 the drop for a reset and count the whole value again, a spike of a week of runs at every restart. So
-the core feeds `rebuild()` every terminal run of the pipelines it still knows, not only recent ones.
+the core feeds `rebuild()` every run of the pipelines that are still live, not only their recent runs.
 
 Per-pipeline counters and histograms drop out with the pipeline's gauges once stale: a pipeline that
 was deleted or renamed would otherwise keep ~40 series forever, and Prometheus handles a series that
@@ -34,7 +35,9 @@ restart still equals the value before it.
 
 from __future__ import annotations
 
+import asyncio
 import bisect
+import functools
 import re
 import threading
 import time
@@ -44,9 +47,9 @@ from datetime import datetime
 from fnmatch import translate
 from typing import Any
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from prometheus_client import CollectorRegistry, ProcessCollector
-from prometheus_client.aiohttp import make_aiohttp_handler
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -56,7 +59,15 @@ from prometheus_client.metrics_core import (
 )
 from prometheus_client.utils import floatToGoString
 
-WEBHOOK_OUTCOMES = ("accepted", "duplicate", "rejected", "invalid", "too_large", "unknown_source", "unavailable")
+WEBHOOK_OUTCOMES = (
+    "accepted",
+    "duplicate",
+    "rejected",
+    "invalid",
+    "too_large",
+    "unknown_source",
+    "unavailable",
+)
 POLL_OUTCOMES = ("ok", "not_modified", "rate_limited", "error")
 ORIGINS = ("webhook", "poll")
 NOTIFICATION_OUTCOMES = ("sent", "retried", "dead", "suppressed")
@@ -101,13 +112,6 @@ class _Histogram:
         self.counts[bisect.bisect_left(self.bounds, value)] += 1
         self.sum += value
 
-    def add_to(self, family: HistogramMetricFamily, labels: list[str], les: tuple[str, ...]) -> None:
-        cumulative, buckets = 0, []
-        for le, count in zip(les, self.counts, strict=True):
-            cumulative += count
-            buckets.append((le, cumulative))
-        family.add_metric(labels, buckets, self.sum)
-
 
 @dataclass(slots=True)
 class _PipelineBranch:
@@ -137,6 +141,7 @@ def _timestamp(value: str | float | None) -> float | None:
     return datetime.fromisoformat(value).timestamp()  # ISO 8601 with Z, as model.iso() writes it
 
 
+@functools.cache
 def _les(bounds: tuple[float, ...]) -> tuple[str, ...]:
     return (*(floatToGoString(bound) for bound in bounds), "+Inf")
 
@@ -168,7 +173,7 @@ class Metrics:
 
         self._webhooks: dict[tuple[str, str, str], int] = {}
         self._webhook_events: dict[str, set[str]] = {}
-        self._webhook_seconds: dict[str, _Histogram] = {}
+        self._webhook_seconds: dict[tuple[str], _Histogram] = {}
         self._polls: dict[tuple[str, str], int] = {}
         self._rate_limits: dict[str, tuple[int, int | None, float | None]] = {}
         self._events: dict[tuple[str, str], int] = {}
@@ -181,7 +186,6 @@ class Metrics:
         registry.register(_Collector(self))
         if process_metrics:
             ProcessCollector(namespace="flowforge", registry=registry)
-        self.handler: Callable[[web.Request], Any] = make_aiohttp_handler(registry)
 
     # --- webhooks, polling, storage -------------------------------------------------------------
     def webhook(self, source: str, event: str, outcome: str, seconds: float) -> None:
@@ -196,9 +200,9 @@ class Metrics:
                 for each in WEBHOOK_OUTCOMES:
                     self._webhooks.setdefault((source, event, each), 0)
             self._webhooks[source, event, outcome] += 1
-            histogram = self._webhook_seconds.get(source)
+            histogram = self._webhook_seconds.get((source,))
             if histogram is None:
-                histogram = self._webhook_seconds[source] = _Histogram(WEBHOOK_BUCKETS)
+                histogram = self._webhook_seconds[source,] = _Histogram(WEBHOOK_BUCKETS)
             histogram.observe(seconds)
 
     def _event_label(self, source: str, event: str) -> str:
@@ -272,10 +276,11 @@ class Metrics:
     def rebuild(self, runs: Iterable[Run]) -> int:
         """Replay terminal runs at start, ordered by finished_at, before the listener is ready.
 
-        Feed every terminal run the store holds for pipelines that may still be live, not only those
-        of the last `stale_after`: a counter lower than before the restart reads as a reset to
-        Prometheus, which then counts its whole value again (see the module's docstring). Runs of a
-        pipeline+branch that has gone stale cost one dict entry until the first scrape prunes them.
+        Feed every terminal run of each pipeline that finished a run within `stale_after`, not only
+        its recent runs: a counter lower than before the restart reads as a reset to Prometheus, which
+        then counts its whole value again (see the module's docstring). Runs of other pipelines may be
+        left out, or fed: they would be pruned at the first scrape. Feed them at the granularity the
+        live path counts (each attempt that reached a terminal status), or the two disagree.
         Returns the number of runs replayed.
         """
         replayed = 0
@@ -299,8 +304,7 @@ class Metrics:
         entry = self._pipelines.get((source, pipeline))
         if entry is None or finished - entry.finished > self.stale_after:
             # New, or back after a gap: it starts from zero, as it does once pruned (module docstring).
-            known = entry.default_branch if entry is not None else None
-            entry = self._pipelines[source, pipeline] = _Pipeline(finished, known)
+            entry = self._pipelines[source, pipeline] = _Pipeline(finished, None)
         elif finished > entry.finished:
             entry.finished = finished
         if run.get("default_branch"):
@@ -354,151 +358,182 @@ class Metrics:
             del self._pipelines[key]
 
     # --- exposition ----------------------------------------------------------------------------
-    def families(self) -> Iterator[Metric]:
+    async def handler(self, request: web.Request) -> web.Response:
+        """GET /metrics: the text format, or OpenMetrics when the scraper asks for it (Prometheus does)."""
+        encoder, content_type = choose_encoder(request.headers.get(hdrs.ACCEPT, ""))
+        # Rendering thousands of series takes tens of milliseconds: off the event loop, so that no
+        # webhook waits on a scrape.
+        body = await asyncio.get_running_loop().run_in_executor(None, encoder, self.registry)
+        response = web.Response(body=body, headers={"Content-Type": content_type})
+        response.enable_compression()
+        return response
+
+    def families(self) -> list[Metric]:
         """Every family, with its samples as of now (stale pipelines pruned first)."""
         with self._lock:
             self._prune(self._clock())
-            yield from self._families()
+            specs = list(self._specs())
+        # Most of a scrape is building samples: outside the lock, so that recording never waits on it.
+        return [_family(*spec) for spec in specs]
 
-    def _families(self) -> Iterator[Metric]:
-        yield InfoMetricFamily("flowforge_build", "The running flowforged.", value={"version": self.version})
-
-        deliveries = CounterMetricFamily(
+    def _specs(self) -> Iterator[_Spec]:
+        """What each family holds, copied: (type, name, help, label names, values by label values)."""
+        yield "info", "flowforge_build", "The running flowforged.", ["version"], {(self.version,): 1}
+        yield (
+            "counter",
             "flowforge_webhook_deliveries_total",
             "Webhook deliveries received, by source, event and how they were answered.",
-            labels=["source", "event", "outcome"],
+            ["source", "event", "outcome"],
+            dict(self._webhooks),
         )
-        for (source, event, outcome), value in sorted(self._webhooks.items()):
-            deliveries.add_metric([source, event, outcome], value)
-        yield deliveries
-        handling = HistogramMetricFamily(
+        yield (
+            "histogram",
             "flowforge_webhook_duration_seconds",
             "Time from a webhook request to its answer (after the commit, for an accepted one).",
-            labels=["source"],
+            ["source"],
+            _copy(self._webhook_seconds),
         )
-        for source, histogram in sorted(self._webhook_seconds.items()):
-            histogram.add_to(handling, [source], _WEBHOOK_LES)
-        yield handling
-
-        polls = CounterMetricFamily(
+        yield (
+            "counter",
             "flowforge_poll_requests_total",
             "Requests to the provider APIs by the poller, by source and outcome.",
-            labels=["source", "outcome"],
+            ["source", "outcome"],
+            dict(self._polls),
         )
-        for (source, outcome), value in sorted(self._polls.items()):
-            polls.add_metric([source, outcome], value)
-        yield polls
-        remaining = GaugeMetricFamily(
-            "flowforge_rate_limit_remaining",
-            "Requests left in the provider's rate-limit window, as its last answer said.",
-            labels=["source"],
-        )
-        quota = GaugeMetricFamily(
-            "flowforge_rate_limit_quota",
-            "Requests allowed in the provider's rate-limit window.",
-            labels=["source"],
-        )
-        reset = GaugeMetricFamily(
-            "flowforge_rate_limit_reset_timestamp_seconds",
-            "When the provider's rate-limit window resets (Unix time).",
-            labels=["source"],
-        )
-        for source, (left, limit, reset_at) in sorted(self._rate_limits.items()):
-            remaining.add_metric([source], left)
-            if limit is not None:
-                quota.add_metric([source], limit)
-            if reset_at is not None:
-                reset.add_metric([source], reset_at)
-        yield from (remaining, quota, reset)
-
-        events = CounterMetricFamily(
+        for index, (name, help_text) in enumerate(_RATE_LIMIT_FAMILIES):
+            values = {(source,): v[index] for source, v in self._rate_limits.items() if v[index] is not None}
+            yield "gauge", name, help_text, ["source"], values
+        yield (
+            "counter",
             "flowforge_events_stored_total",
             "Normalized run and job events stored, by source and origin (webhook or poll).",
-            labels=["source", "origin"],
+            ["source", "origin"],
+            dict(self._events),
         )
-        for (source, origin), value in sorted(self._events.items()):
-            events.add_metric([source, origin], value)
-        yield events
-
-        yield from self._pipeline_families()
-
-        notifications = CounterMetricFamily(
+        yield from self._pipeline_specs()
+        yield (
+            "counter",
             "flowforge_notifications_total",
             "Notification attempts, by sink and outcome (sent, retried, dead, suppressed).",
-            labels=["sink", "outcome"],
+            ["sink", "outcome"],
+            dict(self._notifications),
         )
-        for (sink, outcome), value in sorted(self._notifications.items()):
-            notifications.add_metric([sink, outcome], value)
-        yield notifications
-        outbox = GaugeMetricFamily(
+        yield (
+            "gauge",
             "flowforge_outbox_notifications",
             "Notifications in the outbox (its depth): pending delivery, or dead after their last attempt.",
-            labels=["state"],
+            ["state"],
+            {(state,): count for state, count in self._outbox.items()},
         )
-        for state, value in sorted(self._outbox.items()):
-            outbox.add_metric([state], value)
-        yield outbox
-        latency = HistogramMetricFamily(
+        yield (
+            "histogram",
             "flowforge_notification_latency_seconds",
             "Time from a transition to its notification's delivery to the sink.",
-            labels=[],
+            [],
+            _copy({(): self._notification_latency}),
         )
-        self._notification_latency.add_to(latency, [], _NOTIFICATION_LES)
-        yield latency
 
-    def _pipeline_families(self) -> Iterator[Metric]:
+    def _pipeline_specs(self) -> Iterator[_Spec]:
+        finished: dict[tuple[str, ...], float] = {}
+        status: dict[tuple[str, ...], float] = {}
+        since: dict[tuple[str, ...], float] = {}
+        last: dict[tuple[str, ...], float] = {}
+        for (source, pipeline, branch), state in self._branches.items():
+            key = (source, pipeline, branch, "true" if state.default else "false")
+            for name, count in zip(RUN_STATUSES, state.counts, strict=True):
+                finished[source, pipeline, branch, name] = count
+            if state.status is not None:
+                status[(*key, state.status)] = 1
+                since[key] = state.since
+            last[key] = state.finished
         labels = ["source", "pipeline", "branch"]
-        finished = CounterMetricFamily(
+        yield (
+            "counter",
             "flowforge_pipeline_runs_finished_total",
             "Pipeline runs that reached a terminal status, counted once per run, by branch and status.",
-            labels=[*labels, "status"],
+            [*labels, "status"],
+            finished,
         )
-        status = GaugeMetricFamily(
+        yield (
+            "gauge",
             "flowforge_pipeline_status",
             "1 for the current status of each pipeline+branch (success or failed, from its latest "
             "decisive run); one series per pipeline+branch, its status in the status label.",
-            labels=[*labels, "default_branch", "status"],
+            [*labels, "default_branch", "status"],
+            status,
         )
-        since = GaugeMetricFamily(
+        yield (
+            "gauge",
             "flowforge_pipeline_status_since_timestamp_seconds",
-            "When the pipeline+branch entered its current status: the finish of the run that broke or fixed it.",
-            labels=[*labels, "default_branch"],
+            "When the pipeline+branch entered its current status: the finish of the run that broke or "
+            "fixed it (Unix time).",
+            [*labels, "default_branch"],
+            since,
         )
-        last = GaugeMetricFamily(
+        yield (
+            "gauge",
             "flowforge_pipeline_last_finished_timestamp_seconds",
             "When the latest run of the pipeline+branch finished, whatever its status (Unix time).",
-            labels=[*labels, "default_branch"],
+            [*labels, "default_branch"],
+            last,
         )
-        for (source, pipeline, branch), state in sorted(self._branches.items()):
-            default = "true" if state.default else "false"
-            for name, count in zip(RUN_STATUSES, state.counts, strict=True):
-                finished.add_metric([source, pipeline, branch, name], count)
-            if state.status is not None:
-                status.add_metric([source, pipeline, branch, default, state.status], 1)
-                since.add_metric([source, pipeline, branch, default], state.since)
-            last.add_metric([source, pipeline, branch, default], state.finished)
-        yield from (finished, status, since, last)
-
-        duration = HistogramMetricFamily(
+        yield (
+            "histogram",
             "flowforge_pipeline_run_duration_seconds",
             "Duration of pipeline runs that succeeded or failed (cancelled and skipped runs are left out).",
-            labels=["source", "pipeline"],
+            ["source", "pipeline"],
+            _copy({key: entry.duration for key, entry in self._pipelines.items()}),
         )
-        queue = HistogramMetricFamily(
+        yield (
+            "histogram",
             "flowforge_pipeline_run_queue_seconds",
             "Time pipeline runs waited between being created and starting.",
-            labels=["source", "pipeline"],
+            ["source", "pipeline"],
+            _copy({key: entry.queue for key, entry in self._pipelines.items()}),
         )
-        for (source, pipeline), entry in sorted(self._pipelines.items()):
-            entry.duration.add_to(duration, [source, pipeline], _RUN_LES)
-            entry.queue.add_to(queue, [source, pipeline], _QUEUE_LES)
-        yield from (duration, queue)
 
 
-_RUN_LES = _les(RUN_BUCKETS)
-_QUEUE_LES = _les(QUEUE_BUCKETS)
-_WEBHOOK_LES = _les(WEBHOOK_BUCKETS)
-_NOTIFICATION_LES = _les(NOTIFICATION_BUCKETS)
+_Spec = tuple[str, str, str, list[str], Mapping[tuple[str, ...], Any]]
+_RATE_LIMIT_FAMILIES = (
+    ("flowforge_rate_limit_remaining", "Requests left in the provider's rate-limit window, as it last said."),
+    ("flowforge_rate_limit_quota", "Requests allowed in the provider's rate-limit window."),
+    (
+        "flowforge_rate_limit_reset_timestamp_seconds",
+        "When the provider's rate-limit window resets (Unix time).",
+    ),
+)
+
+
+def _copy(histograms: Mapping[tuple[str, ...], _Histogram]) -> dict[tuple[str, ...], _Histogram]:
+    copies = {}
+    for key, histogram in histograms.items():
+        copy = copies[key] = _Histogram(histogram.bounds)
+        copy.counts, copy.sum = list(histogram.counts), histogram.sum
+    return copies
+
+
+def _family(
+    kind: str, name: str, help_text: str, labels: list[str], values: Mapping[tuple[str, ...], Any]
+) -> Metric:
+    if kind == "info":
+        return InfoMetricFamily(name, help_text, value=dict(zip(labels, next(iter(values)), strict=True)))
+    family: CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily
+    if kind == "histogram":
+        family = HistogramMetricFamily(name, help_text, labels=labels)
+    else:
+        family = (CounterMetricFamily if kind == "counter" else GaugeMetricFamily)(
+            name, help_text, labels=labels
+        )
+    for key, value in sorted(values.items(), key=lambda item: item[0]):  # the same runs, the same text
+        if kind == "histogram":
+            cumulative, buckets = 0, []
+            for le, count in zip(_les(value.bounds), value.counts, strict=True):
+                cumulative += count
+                buckets.append((le, cumulative))
+            family.add_metric(list(key), buckets, value.sum)
+        else:
+            family.add_metric(list(key), value)
+    return family
 
 
 class _Collector:
@@ -508,9 +543,8 @@ class _Collector:
         self._metrics = metrics
 
     def collect(self) -> Iterator[Metric]:
-        return iter(list(self._metrics.families()))
+        return iter(self._metrics.families())
 
     def describe(self) -> Iterator[Metric]:
-        # Names only, so that the registry refuses a second Metrics on the same registry.
-        with self._metrics._lock:
-            return iter([type(f)(f.name, f.documentation) for f in self._metrics._families()])
+        # The registry reads the names, and refuses a second Metrics on the same registry.
+        return iter(self._metrics.families())

@@ -4,7 +4,9 @@ The core never imports a plugin by name: built-in providers and sinks register u
 groups `flowforged.providers` and `flowforged.sinks` exactly as a third-party package would.
 
 A provider has a pure half (verify, delivery id, decode, normalize) that does no I/O and is tested
-with real payloads, and, from issue 4 on, a thin async half that uses the client the core gives it.
+with real payloads, and a thin async half (make_client, poll, trigger, rerun, cancel) that does its HTTP
+through the ProviderClient the core gives it, and reads and records what it polled through a
+PollContext: it never touches the store itself.
 """
 
 from __future__ import annotations
@@ -13,15 +15,20 @@ import abc
 import dataclasses
 import functools
 import json
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from importlib.metadata import entry_points
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import msgspec
 
 from flowforged.config import SinkConfig, SourceConfig
 from flowforged.errors import NotJSON
 from flowforged.model import Event
+
+if TYPE_CHECKING:
+    import aiohttp
+
+    from flowforged.http import EtagStore, ProviderClient
 
 Headers = Mapping[str, str]  # case-insensitive in practice (aiohttp's CIMultiDictProxy)
 
@@ -60,6 +67,75 @@ class Provider(abc.ABC):
     def normalize(self, event: str, payload: Any) -> list[Event]:
         """Run and job events in a payload; [] for events nobody cares about. May raise anything on
         a payload of an unexpected shape: the delivery is then stored raw with the error."""
+
+    # --- async half: the provider's API (issue 4) ------------------------------------------------
+    # A provider without an API (webhooks only) leaves these as they are: the poller skips it and the
+    # control API answers that the operation is not supported.
+
+    def make_client(self, session: aiohttp.ClientSession, etags: EtagStore, **options: Any) -> ProviderClient:
+        """A client for this source's API: base URL (`api_url` or the provider's default), auth header
+        from `token`, the provider's extra headers. `options` go to ProviderClient (clock, headroom)."""
+        raise NotImplementedError(f"{self.type} sources have no API client")
+
+    async def poll(self, client: ProviderClient, ctx: PollContext) -> None:
+        """One poll cycle: find what changed since the cursors in `ctx` and hand each run or job to
+        `ctx.emit()`. The default runs poll_target() over poll_targets() through `ctx.each()`."""
+        targets = await self.poll_targets(client, ctx)
+        await ctx.each(targets, lambda target: self.poll_target(client, ctx, target))
+
+    async def poll_targets(self, client: ProviderClient, ctx: PollContext) -> list[str]:
+        """What one cycle looks at (repositories, projects), with organizations and groups expanded."""
+        raise NotImplementedError(f"{self.type} sources cannot be polled")
+
+    async def poll_target(self, client: ProviderClient, ctx: PollContext, target: str) -> None:
+        raise NotImplementedError(f"{self.type} sources cannot be polled")
+
+    async def trigger(
+        self, client: ProviderClient, pipeline: str, ref: str, inputs: Mapping[str, Any]
+    ) -> dict[str, Any] | None:
+        """Start a run of `pipeline` on `ref`; the provider's answer about the new run, if it gives one."""
+        raise NotImplementedError(f"{self.type} sources cannot trigger runs")
+
+    async def rerun(self, client: ProviderClient, run: Mapping[str, Any], failed_only: bool) -> dict[str, Any] | None:
+        """Run again a run (a row of `runs`): all of it, or only its failed jobs."""
+        raise NotImplementedError(f"{self.type} sources cannot re-run runs")
+
+    async def cancel(self, client: ProviderClient, run: Mapping[str, Any], force: bool) -> dict[str, Any] | None:
+        raise NotImplementedError(f"{self.type} sources cannot cancel runs")
+
+
+class PollContext(Protocol):
+    """What the poller lends a provider for one cycle (flowforged.poller implements it)."""
+
+    source: str
+    now: float  # this cycle's wall time, epoch seconds
+    since: float  # how far back a cycle looks at most: now minus the source's `backfill`
+    memory: dict[str, Any]  # kept from cycle to cycle in this process (listings of organizations, ...)
+
+    async def cursor(self, key: str) -> str | None: ...
+
+    async def set_cursor(self, key: str, value: str) -> None: ...
+
+    async def known(self, runs: Sequence[tuple[str, int]]) -> dict[tuple[str, int], tuple[str, str]]:
+        """The stored (status, updated_at) of these (run_id, attempt): what need not be ingested again."""
+        ...
+
+    async def open_runs(self) -> list[dict[str, Any]]:
+        """Runs of this source the store last saw unfinished (pipeline, run_id, attempt, created_at)."""
+        ...
+
+    async def emit(self, event: str, payload: dict[str, Any]) -> Any:
+        """Ingest one polled item (Ingest.polled): deduplicated against webhooks; the IngestResult."""
+        ...
+
+    async def each(self, targets: Sequence[str], poll: Callable[[str], Awaitable[None]]) -> None:
+        """poll(target) for each target, a few at a time; an error in one target is recorded and the
+        others go on, but RateLimited ends the cycle."""
+        ...
+
+    def error(self, target: str, error: BaseException) -> None:
+        """Record a target's failure (shown in the poller's status) without ending the cycle."""
+        ...
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -37,7 +37,7 @@ def github_run(conclusion: str | None = "success", *, run_id: int = 289782451, a
     """The real workflow_run.completed payload, varied: failed run, re-run attempt, other branch."""
     payload = fixture("github/webhooks/workflow_run.completed.success.json")
     run = payload["workflow_run"]
-    run.update(id=run_id, run_attempt=attempt, head_branch=branch, created_at=created_at,
+    run.update(id=run_id, run_attempt=attempt, head_branch=branch, created_at=created_at, run_started_at=created_at,
                updated_at=updated_at, status=status, conclusion=conclusion if status == "completed" else None)
     return payload
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import sqlite3
@@ -67,3 +68,65 @@ def test_reindex_command(db_path, tmp_path, capsys):
     assert cli.main(["-c", str(config), "reindex"]) == 0  # works without the secret's value
     assert "reindexed 0 deliveries" in capsys.readouterr().out
     assert sqlite3.connect(db_path).execute("PRAGMA user_version").fetchone()[0] >= 1
+
+
+def _config(tmp_path, db_path, extra: str = "") -> str:
+    path = tmp_path / "config.yaml"
+    path.write_text(f"storage: {{path: {db_path}}}\n{extra}")
+    return str(path)
+
+
+def test_silence_add_list_expire(db_path, tmp_path, capsys):
+    config = _config(tmp_path, db_path)
+    assert cli.main(["-c", config, "silence", "add", "--pipeline", "octo-org/*", "--branch", "main",
+                     "--until", "2h", "--comment", "deploy freeze"]) == 0
+    assert "silence 1 added until" in capsys.readouterr().out
+    assert cli.main(["-c", config, "silence", "list", "--json"]) == 0
+    [silence] = json.loads(capsys.readouterr().out)
+    assert (silence["sources"], silence["pipelines"], silence["branches"], silence["comment"]) == (
+        ["*"], ["octo-org/*"], ["main"], "deploy freeze")
+    assert cli.main(["-c", config, "silence", "expire", "1"]) == 0
+    assert cli.main(["-c", config, "silence", "list"]) == 0
+    assert capsys.readouterr().out.strip().endswith("no active silences")
+    assert cli.main(["-c", config, "silence", "expire", "1"]) == 1
+    assert cli.main(["-c", config, "silence", "add", "--until", "tomorrow"]) == 1
+    assert "--until 'tomorrow': expected a duration" in capsys.readouterr().err
+
+
+async def test_notifications_list_and_retry(db_path, tmp_path, capsys):
+    import time
+
+    from flowforged.store import Store, outbox
+
+    store = Store(db_path).open()
+    await store.write(outbox.insert, {"sink": "team-slack", "rule": "main", "transition": "broken",
+                                      "source": "github", "pipeline": "octo/repo/ci.yml", "branch": "main",
+                                      "state": "dead", "created_at": time.time() - 7200, "due_at": 0,
+                                      "attempts": 5, "last_error": "no_service", "dedupe_key": "k", "payload": "{}"})
+    store.close()
+    config = _config(tmp_path, db_path)
+    assert cli.main(["-c", config, "notifications", "--state", "dead"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split()[:4] == ["ID", "STATE", "SINK", "TRANSITION"]
+    assert table[1].split()[:4] == ["1", "dead", "team-slack", "broken"] and "no_service" in table[1]
+    assert cli.main(["-c", config, "notifications", "retry", "1"]) == 0
+    assert cli.main(["-c", config, "notifications", "--json"]) == 0
+    [row] = json.loads(capsys.readouterr().out.split("\n", 1)[1])
+    assert (row["state"], row["attempts"]) == ("pending", 0) and row["due_at"] > time.time() - 60
+    assert cli.main(["-c", config, "notifications", "retry", "99"]) == 1
+
+
+async def test_notify_test_reports_the_sinks_answer(aiohttp_server, db_path, tmp_path, capsys):
+    from tests.fakes.slack import FakeSlack
+
+    slack = FakeSlack().script(["200", "404:no_service"])
+    server = await aiohttp_server(slack.app())
+    url = server.make_url(slack.path)
+    config = _config(tmp_path, db_path, f"sinks: {{team-slack: {{type: slack, webhook_url: '{url}'}}}}\n")
+    assert await asyncio.to_thread(cli.main, ["-c", config, "notify-test", "team-slack"]) == 0
+    assert capsys.readouterr().out.strip() == "team-slack: sent: ok"
+    assert "test notification" in json.dumps(slack.messages[0])
+    assert await asyncio.to_thread(cli.main, ["-c", config, "notify-test", "team-slack"]) == 1
+    out = capsys.readouterr().out
+    assert "FAILED: permanent error" in out and "no_service" in out
+    assert await asyncio.to_thread(cli.main, ["-c", config, "notify-test", "nope"]) == 1

@@ -145,3 +145,39 @@ async def test_no_secret_in_any_log_line_of_a_full_run(make_daemon, tmp_path):
     assert "webhook rejected" in output and "could not be normalized" in output  # the log was captured
     for secret in (GITHUB_SECRET, gitlab_token, api_token):
         assert secret not in output
+
+
+async def test_sigkill_while_a_notification_is_due_delivers_it_once_after_restart(
+    make_daemon, tmp_path, aiohttp_server
+):
+    from tests.fakes.slack import FakeSlack
+    from tests.test_notify import until
+
+    slack = FakeSlack()
+    server = await aiohttp_server(slack.app())
+    config = base_config(tmp_path / "flowforge.db")
+    config["sinks"] = {"team-slack": {"type": "slack", "webhook_url": str(server.make_url(slack.path))}}
+    config["rules"] = [{"name": "main", "branches": ["master"], "sinks": ["team-slack"], "on": ["broken"],
+                        "group_wait": "1s"}]
+    daemon = make_daemon(config)
+    daemon.start()
+    body = json.dumps(github_run("failure", run_id=4242)).encode()
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{daemon.url}/hooks/github", data=body, headers=github_headers(body)) as response:
+            assert response.status == 202
+    await daemon.akill(signal.SIGKILL)  # the notification is committed, due in 1 s, not yet sent
+    with sqlite3.connect(tmp_path / "flowforge.db") as conn:
+        assert conn.execute("SELECT state FROM outbox").fetchall() == [("pending",)]
+    assert slack.received == []
+    daemon.start()
+
+    def state() -> str:
+        with sqlite3.connect(tmp_path / "flowforge.db") as conn:
+            return conn.execute("SELECT state FROM outbox").fetchone()[0]
+
+    await until(lambda: state() == "sent", timeout=20, what="the notification to be sent after restart")
+    assert len(slack.received) == 1 and len(slack.messages) == 1
+    assert daemon.kill(signal.SIGTERM) == 0
+    daemon.start()  # and a further restart sends nothing again
+    assert daemon.kill(signal.SIGTERM) == 0
+    assert len(slack.received) == 1

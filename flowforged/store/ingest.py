@@ -225,7 +225,8 @@ def _decide(
     if transition is None:
         return
     conn.execute("UPDATE runs SET transition = ? WHERE id = ?", (transition.value, run["id"]))
-    record = {**run, "transition": transition.value, "consecutive_failures": failures}
+    record = {**run, "transition": transition.value, "consecutive_failures": failures,
+              "previous_failures": state[2] if previous is Status.FAILED else 0}
     result.transitions.append(record)
     if on_transition is not None:
         on_transition(conn, record, notify)

@@ -140,7 +140,53 @@ def _v1(db: sqlite_utils.Database) -> None:
     )
 
 
-MIGRATIONS = [_v1]
+def _v2(db: sqlite_utils.Database) -> None:
+    """Issue 3: the outbox of notifications and the silences."""
+    db["outbox"].create(
+        {
+            "id": int,
+            "sink": str,
+            "rule": str,
+            "transition": str,
+            "source": str,
+            "pipeline": str,
+            "branch": str,
+            "run": int,  # runs.id
+            "sha": str,
+            "group_key": str,  # rows of one commit and rule gathered during group_wait
+            "dedupe_key": str,  # one transition of one run to one sink, once
+            "state": str,  # pending | sent | dead | suppressed | superseded
+            "created_at": float,  # unix seconds: notification latency is measured from here
+            "due_at": float,
+            "attempts": int,
+            "last_error": str,
+            "sent_at": float,
+            "answer": str,  # what the sink said, for people
+            "payload": str,  # JSON: the Notification fields at the time of the transition
+        },
+        pk="id",
+        not_null={"sink", "rule", "transition", "source", "pipeline", "state", "created_at", "due_at"},
+    )
+    db["outbox"].create_index(["dedupe_key"], unique=True)
+    db["outbox"].create_index(["state", "due_at"])
+    db["outbox"].create_index(["source", "pipeline", "branch", "rule", "sink"])
+    db["silences"].create(
+        {
+            "id": int,
+            "sources": str,  # JSON lists of glob patterns
+            "pipelines": str,
+            "branches": str,
+            "until": float,
+            "comment": str,
+            "created_at": float,
+            "expired_at": float,
+        },
+        pk="id",
+        not_null={"sources", "pipelines", "branches", "until", "created_at"},
+    )
+
+
+MIGRATIONS = [_v1, _v2]
 
 
 def migrate(conn: sqlite3.Connection) -> int:
