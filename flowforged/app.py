@@ -9,20 +9,24 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 
 from flowforged import __version__, logs, webhooks
 from flowforged.bus import Bus
 from flowforged.config import Config
 from flowforged.ingest import Ingest
+from flowforged.store.ingest import IngestResult
 from flowforged.dispatch import Dispatcher
+from flowforged.metrics import Metrics
 from flowforged.notify import Planner
 from flowforged.plugin import Provider, Sink, providers, sinks
-from flowforged.store import Store
+from flowforged.store import Store, outbox, queries
 from flowforged.systemd import Notifier
 
 log = logs.get("flowforged")
@@ -31,6 +35,8 @@ STORE = web.AppKey("store", Store)
 BUS = web.AppKey("bus", Bus)
 HTTP = web.AppKey("http", aiohttp.ClientSession)
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)
+METRICS = web.AppKey("metrics", Metrics)
+OUTBOX_METRICS_INTERVAL = 5.0
 READINESS = web.AppKey("readiness", list)  # callables returning a problem (str) or None
 
 
@@ -56,6 +62,12 @@ def build(config: Config) -> web.Application:
     app[BUS] = bus
     app[READINESS] = []
     webhooks.setup(app, ingest, config.server.max_body_bytes)
+    metrics = Metrics(CollectorRegistry(), branches=config.metrics.branches, stale_after=config.metrics.stale_after,
+                      version=__version__)
+    app[METRICS] = metrics
+    app[webhooks.OBSERVERS].append(metrics.webhook)
+    ingest.listeners.append(lambda result, source, origin: _count_ingest(metrics, result, source, origin))
+    app.router.add_get("/metrics", metrics.handler)
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_http_ctx)
     app.cleanup_ctx.append(_dispatcher_ctx)
@@ -64,9 +76,20 @@ def build(config: Config) -> web.Application:
     return app
 
 
+def _count_ingest(metrics: Metrics, result: IngestResult, source: str, origin: str) -> None:
+    if result.events:
+        metrics.events_stored(source, origin, len(result.events))
+    for run in result.finished:
+        metrics.run_finished(run)
+
+
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     store = app[STORE]
     await asyncio.to_thread(store.open)  # migrations run here, before the listener is bound
+    # Per-pipeline series come back from the store before the daemon says it is ready.
+    horizon = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - app[CONFIG].metrics.stale_after))
+    replayed = app[METRICS].rebuild(await store.read(queries.finished_runs, horizon))
+    log.info("metrics rebuilt from the store", runs=replayed)
     yield
     await asyncio.to_thread(store.close)  # after in-flight requests: their commits finish first
 
@@ -87,9 +110,29 @@ async def _dispatcher_ctx(app: web.Application) -> AsyncIterator[None]:
     app[DISPATCHER] = dispatcher
     app[webhooks.INGEST].listeners.append(
         lambda result, source, origin: dispatcher.wake() if result.transitions else None)
+    metrics = app[METRICS]
+
+    def observe(sink: str, outcome: str, latency: float | None) -> None:
+        metrics.notification(sink, outcome)
+        if latency is not None:
+            metrics.notification_latency(latency)
+
+    dispatcher.observers.append(observe)
     dispatcher.start()
+    depth = asyncio.create_task(_watch_outbox(app))
     yield
+    depth.cancel()
     await dispatcher.stop()
+
+
+async def _watch_outbox(app: web.Application) -> None:
+    """Outbox depth for /metrics: a small query every few seconds, never on the ingest path."""
+    while True:
+        try:
+            app[METRICS].outbox_depth_by_state(await app[STORE].read(outbox.depth))
+        except Exception as exc:  # a store hiccup must not end the watch
+            log.warning("outbox depth not read", error=str(exc))
+        await asyncio.sleep(OUTBOX_METRICS_INTERVAL)
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -114,6 +157,11 @@ async def serve(config: Config, notifier: Notifier | None = None,
     for warning in config.warnings:
         log.warning(warning)
     app = build(config)
+    # Signal handlers first: a SIGTERM that arrives during start-up or right after READY=1 must drain.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=config.server.shutdown_timeout)
     await runner.setup()
     site = web.TCPSite(runner, config.server.host, config.server.port)
@@ -127,10 +175,6 @@ async def serve(config: Config, notifier: Notifier | None = None,
     notifier.notify("READY=1")
     if on_ready is not None:
         on_ready(runner)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
     watchdog = asyncio.create_task(notifier.watchdog())
     await stop.wait()
     log.info("stopping: draining in-flight requests")

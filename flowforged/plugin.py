@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 import msgspec
 
 from flowforged.config import SinkConfig, SourceConfig
-from flowforged.errors import NotJSON
+from flowforged.errors import NotJSON, ProviderError
 from flowforged.model import Event
 
 if TYPE_CHECKING:
@@ -91,16 +91,26 @@ class Provider(abc.ABC):
         raise NotImplementedError(f"{self.type} sources cannot be polled")
 
     async def trigger(
-        self, client: ProviderClient, pipeline: str, ref: str, inputs: Mapping[str, Any]
+        self,
+        client: ProviderClient,
+        pipeline: str,
+        ref: str,
+        inputs: Mapping[str, Any],
+        variables: Mapping[str, str] | None = None,
     ) -> dict[str, Any] | None:
-        """Start a run of `pipeline` on `ref`; the provider's answer about the new run, if it gives one."""
+        """Start a run of `pipeline` on `ref` with `inputs` (and, where the provider has them, CI/CD
+        `variables`); the provider's answer about the new run, or None when it gives none."""
         raise NotImplementedError(f"{self.type} sources cannot trigger runs")
 
-    async def rerun(self, client: ProviderClient, run: Mapping[str, Any], failed_only: bool) -> dict[str, Any] | None:
+    async def rerun(
+        self, client: ProviderClient, run: Mapping[str, Any], failed_only: bool
+    ) -> dict[str, Any] | None:
         """Run again a run (a row of `runs`): all of it, or only its failed jobs."""
         raise NotImplementedError(f"{self.type} sources cannot re-run runs")
 
-    async def cancel(self, client: ProviderClient, run: Mapping[str, Any], force: bool) -> dict[str, Any] | None:
+    async def cancel(
+        self, client: ProviderClient, run: Mapping[str, Any], force: bool
+    ) -> dict[str, Any] | None:
         raise NotImplementedError(f"{self.type} sources cannot cancel runs")
 
 
@@ -193,6 +203,31 @@ def decode_json(body: bytes) -> Any:
         return json.loads(body)  # what msgspec refuses but JSON allows (integers beyond 64 bits)
     except (UnicodeDecodeError, ValueError):
         raise NotJSON("the body is not JSON") from None
+
+
+_DONE = {"cancel": "cancelled", "force-cancel": "force-cancelled", "re-run": "re-run", "retry": "retried"}
+
+
+def operation_error(
+    error: ProviderError, source: str, action: str, subject: str, permission: str
+) -> ProviderError:
+    """An operation's ProviderError (made by flowforged.http.error_for) in words that say what was
+    attempted on what and what to do about it: `github: run 42 of o/r/.github/workflows/ci.yml cannot
+    be cancelled (the provider said: Cannot cancel a workflow run that is completed.)`."""
+    text = str(error)
+    markers = (": conflict: ", ": forbidden: ", ": not found: ")
+    detail = next((text.split(marker, 1)[1] for marker in markers if marker in text), "")
+    said = f" (the provider said: {detail})" if detail else ""
+    if error.status == 404:
+        message = f"{source}: {subject} was not found: it does not exist or the API token cannot see it{said}"
+    elif error.status == 403:
+        message = f"{source}: the API token may not {action} {subject}; it needs {permission}{said}"
+    elif error.status == 409:
+        done = _DONE.get(action, f"{action}ed")
+        message = f"{source}: {subject} cannot be {done}{said}"
+    else:
+        return error
+    return ProviderError(message, status=error.status, code=error.code)
 
 
 @functools.cache

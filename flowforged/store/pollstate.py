@@ -79,12 +79,13 @@ def open_runs(conn: sqlite3.Connection, source: str, created_after: str, limit: 
     """Runs the store last saw pending, running or blocked, newest first: a poller looks at those a
     list of recent runs no longer shows."""
     rows = conn.execute(
-        "SELECT pipeline, run_id, attempt, created_at, status FROM runs WHERE source = ?"
+        "SELECT pipeline, run_id, attempt, created_at, status FROM runs WHERE source = ?"  # noqa: S608
         f" AND status IN ({', '.join('?' * len(OPEN))}) AND coalesce(created_at, updated_at) >= ?"
         " ORDER BY id DESC LIMIT ?",
         (source, *OPEN, created_after, limit),
     ).fetchall()
-    return [dict(zip(("pipeline", "run_id", "attempt", "created_at", "status"), row, strict=True)) for row in rows]
+    names = ("pipeline", "run_id", "attempt", "created_at", "status")
+    return [dict(zip(names, row, strict=True)) for row in rows]
 
 
 # --- the EtagStore of flowforged.http -----------------------------------------------------------
@@ -125,7 +126,9 @@ class Cursors:
     async def set(self, source: str, key: str, cursor: str) -> None:
         await self.store.write(set_cursor, source, key, cursor, utcnow())
 
-    async def known(self, source: str, runs: Iterable[tuple[str, int]]) -> dict[tuple[str, int], tuple[str, str]]:
+    async def known(
+        self, source: str, runs: Iterable[tuple[str, int]]
+    ) -> dict[tuple[str, int], tuple[str, str]]:
         wanted = list(runs)
         return await self.store.read(known_runs, source, wanted) if wanted else {}
 
