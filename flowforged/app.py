@@ -37,6 +37,7 @@ HTTP = web.AppKey("http", aiohttp.ClientSession)
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)
 METRICS = web.AppKey("metrics", Metrics)
 OUTBOX_METRICS_INTERVAL = 5.0
+RETENTION_INTERVAL = 3600.0
 READINESS = web.AppKey("readiness", list)  # callables returning a problem (str) or None
 
 
@@ -71,6 +72,7 @@ def build(config: Config) -> web.Application:
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_http_ctx)
     app.cleanup_ctx.append(_dispatcher_ctx)
+    app.cleanup_ctx.append(_retention_ctx)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     return app
@@ -123,6 +125,29 @@ async def _dispatcher_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
     depth.cancel()
     await dispatcher.stop()
+
+
+async def _retention_ctx(app: web.Application) -> AsyncIterator[None]:
+    days = app[CONFIG].storage.raw_retention_days
+    task = asyncio.create_task(_prune_raw(app[STORE], days)) if days else None
+    yield
+    if task is not None:
+        task.cancel()
+
+
+async def _prune_raw(store: Store, days: int) -> None:
+    """Every hour, drop raw bodies older than raw_retention_days, a batch per transaction."""
+    while True:
+        before = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - days * 86400))
+        pruned = 0
+        try:
+            while (count := await store.write(queries.prune_raw, before)) > 0:
+                pruned += count
+        except Exception as exc:
+            log.warning("raw deliveries not pruned", error=str(exc))
+        if pruned:
+            log.info("raw deliveries pruned", count=pruned, before=before)
+        await asyncio.sleep(RETENTION_INTERVAL)
 
 
 async def _watch_outbox(app: web.Application) -> None:

@@ -170,3 +170,19 @@ async def test_reindex_picks_up_a_delivery_after_a_parser_fix(store, db_path):
     assert row == ("octo-org/octo-repo/.github/workflows/recovered.yml", "failed", "broken")
     assert conn.execute("SELECT parse_error FROM deliveries").fetchone() == (None,)
     assert list(reindex(conn, lambda *a: redecode(providers, *a), NOW))[-1] == (1, 0, 0)  # idempotent
+
+
+async def test_raw_retention_drops_old_bodies_but_keeps_dedupe_and_runs(store, db_path):
+    from flowforged.store import queries
+
+    old = Delivery(source="github", delivery_id="old", origin="webhook", event="workflow_run",
+                   received_at="2026-01-01T00:00:00Z", headers={}, body=b'{"a": 1}')
+    await store.ingest(old, [run_event("failure", 90)], NOW)
+    await store.ingest(delivery("new", body=b'{"b": 2}'), [], NOW)
+    assert await store.write(queries.prune_raw, "2026-06-01T00:00:00Z") == 1
+    assert await store.write(queries.prune_raw, "2026-06-01T00:00:00Z") == 0
+    conn = sqlite3.connect(db_path)
+    assert conn.execute("SELECT delivery_id, length(body) > 0 FROM deliveries ORDER BY id").fetchall() == [
+        ("old", 0), ("new", 1)]
+    assert conn.execute("SELECT count(*) FROM runs").fetchone()[0] == 1
+    assert (await store.ingest(old, [], NOW)).duplicate  # a redelivery of a pruned id is still a duplicate

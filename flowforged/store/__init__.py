@@ -228,13 +228,15 @@ def reindex(conn: sqlite3.Connection, decode: Callable[[str, dict[str, str], byt
     Idempotent: states already recorded are skipped by their key. No notification is written for what
     reindex finds: it is history by the time a parser is fixed.
     """
-    where = "WHERE parse_error IS NOT NULL" if only_errors else ""
+    where = "WHERE length(body) > 0"  # a pruned delivery (raw_retention_days) has nothing to re-read
+    if only_errors:
+        where += " AND parse_error IS NOT NULL"
     last = 0
     done = new_events = errors = 0
     while True:
         rows = conn.execute(
             f"SELECT id, source, event, headers, body FROM deliveries {where}"  # noqa: S608
-            f" {'AND' if where else 'WHERE'} id > ? ORDER BY id LIMIT ?",
+            " AND id > ? ORDER BY id LIMIT ?",
             (last, batch),
         ).fetchall()
         if not rows:

@@ -56,6 +56,20 @@ def finished_runs(conn: sqlite3.Connection, horizon: str) -> list[dict[str, Any]
     return [dict(row) for row in rows]
 
 
+def prune_raw(conn: sqlite3.Connection, before: str, batch: int = 1000) -> int:
+    """Drop the raw bodies of deliveries received before `before` (storage.raw_retention_days).
+
+    The row stays, so that a redelivery of an old id is still a duplicate, and so do its events and
+    runs; only the body goes. One batch per call keeps each write transaction short.
+    """
+    cursor = conn.execute(
+        "UPDATE deliveries SET body = X'' WHERE id IN (SELECT id FROM deliveries"
+        " WHERE received_at < ? AND length(body) > 0 LIMIT ?)",
+        (before, batch),
+    )
+    return cursor.rowcount
+
+
 def delivery(conn: sqlite3.Connection, source: str, delivery_id: str) -> dict[str, Any] | None:
     row = conn.execute(
         "SELECT id, source, delivery_id, origin, event, received_at, parse_error FROM deliveries"

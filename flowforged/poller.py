@@ -1,0 +1,343 @@
+"""The poller (DESIGN.md, "The one path every event takes"): what webhooks missed, from the providers' APIs.
+
+One APScheduler job per source with a `poll_interval`, each cycle asking the provider plugin's poll()
+what changed since the cursors in poll_state; every run and job it finds goes through
+`Ingest.polled`, the webhook path, so a state a webhook already told is stored once and notifies
+nobody twice. The first cycle runs as soon as the daemon starts and looks back over the source's
+`backfill` window, so runs that finished while the daemon was down are found.
+
+A cycle never sleeps waiting for a rate limit: when the budget is spent (or the provider answers
+429), the cycle ends there and the next one, after the reset, resumes from the cursors. Every source
+with an API token gets a client here, polled or not: the control API runs operations through
+`Poller.clients`, so that they share the source's rate-limit budget with its polling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from flowforged import logs
+from flowforged.errors import ProviderError, RateLimited
+from flowforged.http import OUTCOMES, ProviderClient
+from flowforged.ingest import Ingest
+from flowforged.model import iso
+from flowforged.plugin import Provider
+from flowforged.store import IngestResult, Store
+from flowforged.store.pollstate import Cursors, SqliteEtags
+
+log = logs.get("flowforged.poller")
+
+CONCURRENCY = 4  # targets (repositories, projects) of one source polled at a time
+# How long an unfinished run is looked after once it leaves the first page: GitHub ends a workflow
+# run after 35 days at most, but one still unfinished after a week has been forgotten by its provider.
+OPEN_RUN_MAX_AGE = 7 * 86400.0
+ETAG_MAX_AGE = 7 * 86400.0  # an ETag not refreshed for this long is pruned at start
+MAX_ERRORS_SHOWN = 3
+
+RequestListener = Callable[[str, str], None]  # (source, outcome): metrics' poll_request
+# (source, remaining, limit, reset_at): metrics' rate_limit_remaining
+BudgetListener = Callable[[str, int | None, int | None, float | None], None]
+
+
+@dataclasses.dataclass
+class CycleResult:
+    """What one cycle of one source did, for tests, logs and the benchmark."""
+
+    source: str
+    started_at: float
+    seconds: float = 0.0
+    requests: dict[str, int] = dataclasses.field(default_factory=dict)  # by outcome, this cycle
+    targets: int = 0
+    events: int = 0  # run and job states newly recorded
+    transitions: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    errors: list[str] = dataclasses.field(default_factory=list)  # per target, the cycle went on
+    rate_limited: str | None = None  # why the cycle ended early
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors and self.rate_limited is None
+
+
+@dataclasses.dataclass
+class SourceState:
+    interval: float
+    last_poll_at: float | None = None
+    last_ok_at: float | None = None
+    last_error: str | None = None
+    last: CycleResult | None = None
+
+
+class Context:
+    """The PollContext of flowforged.plugin for one cycle of one source."""
+
+    def __init__(self, poller: Poller, provider: Provider, now: float, result: CycleResult):
+        self.source = provider.name
+        self.now = now
+        self.since = now - provider.config.backfill
+        self.memory = poller.memory.setdefault(provider.name, {})
+        self._poller = poller
+        self._provider = provider
+        self._result = result
+        self._open: list[dict[str, Any]] | None = None
+
+    async def cursor(self, key: str) -> str | None:
+        return await self._poller.cursors.get(self.source, key)
+
+    async def set_cursor(self, key: str, value: str) -> None:
+        await self._poller.cursors.set(self.source, key, value)
+
+    async def known(self, runs: Sequence[tuple[str, int]]) -> dict[tuple[str, int], tuple[str, str]]:
+        return await self._poller.cursors.known(self.source, runs)
+
+    async def open_runs(self) -> list[dict[str, Any]]:
+        if self._open is None:  # once a cycle, however many repositories ask
+            after = iso(datetime.fromtimestamp(self.now - OPEN_RUN_MAX_AGE, UTC))
+            self._open = await self._poller.cursors.open_runs(self.source, after)
+        return self._open
+
+    async def emit(self, event: str, payload: dict[str, Any]) -> IngestResult:
+        result = await self._poller.ingest.polled(self._provider, event, payload)
+        self._result.events += len(result.events)
+        self._result.transitions += result.transitions
+        return result
+
+    async def each(self, targets: Sequence[str], poll: Callable[[str], Awaitable[None]]) -> None:
+        self._result.targets += len(targets)
+        queue = iter(targets)
+
+        async def worker() -> None:
+            for target in queue:  # shared by the workers: each target is taken once
+                try:
+                    await poll(target)
+                except RateLimited:
+                    raise  # the budget is the source's: the other targets would be refused too
+                except Exception as exc:
+                    self.error(target, exc)
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                for _ in range(min(self._poller.concurrency, len(targets))):
+                    group.create_task(worker())
+        except BaseExceptionGroup as failed:
+            raise failed.exceptions[0] from None
+
+    def error(self, target: str, error: BaseException) -> None:
+        message = str(error) or type(error).__name__
+        self._result.errors.append(f"{target}: {message}")
+        if not isinstance(error, ProviderError):
+            # Not an answer of the provider: a bug, or a payload of a shape nobody expected.
+            log.error("poll target failed", source=self.source, target=target, exc_info=error)
+        else:
+            log.warning("poll target failed", source=self.source, target=target, error=message)
+
+
+class Poller:
+    def __init__(
+        self,
+        store: Store,
+        ingest: Ingest,
+        providers: Mapping[str, Provider],
+        session: aiohttp.ClientSession,
+        *,
+        clock: Callable[[], float] = time.time,
+        concurrency: int = CONCURRENCY,
+        client_options: Mapping[str, Any] | None = None,
+    ):
+        """`clock` is wall time for cycles and the clients' rate-limit arithmetic; `client_options` go
+        to each ProviderClient (headroom, max_rps, ...)."""
+        self.store = store
+        self.ingest = ingest
+        self.providers = providers
+        self.session = session
+        self.clock = clock
+        self.concurrency = concurrency
+        self.client_options = dict(client_options or {})
+        self.cursors = Cursors(store)
+        self.etags = SqliteEtags(store)
+        self.clients: dict[str, ProviderClient] = {}
+        self.memory: dict[str, dict[str, Any]] = {}  # per source, kept between cycles
+        self.on_request: list[RequestListener] = []
+        self.on_budget: list[BudgetListener] = []
+        self.scheduler = AsyncIOScheduler(timezone=UTC)
+        self._states: dict[str, SourceState] = {}
+        self._locks: dict[str, asyncio.Lock] = collections.defaultdict(asyncio.Lock)
+        self._cycles: set[asyncio.Task[Any]] = set()
+        self._reported: dict[str, dict[str, int]] = {}
+
+    # --- life ------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Make the clients, start the scheduler, and schedule each polled source's first cycle (its
+        backfill) for now. Returns at once: the cycles run in the background."""
+        before = iso(datetime.fromtimestamp(self.clock() - ETAG_MAX_AGE, UTC))
+        pruned = await self.cursors.prune(before)
+        options = {"clock": self.clock, **self.client_options}
+        for name, provider in self.providers.items():
+            interval = provider.config.poll_interval
+            try:
+                self.clients[name] = provider.make_client(self.session, self.etags, **options)
+            except NotImplementedError as exc:
+                if interval > 0:
+                    log.warning("source not polled", source=name, reason=str(exc))
+                continue
+            if interval > 0:
+                self._states[name] = SourceState(interval=interval)
+        self.scheduler.start()
+        for name, state in self._states.items():
+            self.scheduler.add_job(
+                self._job,
+                "interval",
+                seconds=state.interval,
+                # Sources (and daemons) polling the same API should not all ask at the same second.
+                jitter=min(state.interval * 0.1, 30.0),
+                args=[name],
+                id=name,
+                name=f"poll {name}",
+                max_instances=1,
+                coalesce=True,
+                misfire_grace_time=None,  # a late cycle still runs (once: coalesce)
+                next_run_time=datetime.now(UTC),
+            )
+        log.info(
+            "poller started", sources=sorted(self._states), clients=sorted(self.clients), etags_pruned=pruned
+        )
+
+    async def stop(self) -> None:
+        """Stop scheduling and end the cycles in flight. Their committed work stands: every cursor is
+        written after what it covers is ingested, so the next start resumes where this one stopped."""
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=False)
+        cycles = [task for task in self._cycles if not task.done()]
+        for task in cycles:
+            task.cancel()
+        if cycles:
+            await asyncio.wait(cycles, timeout=10)
+        log.info("poller stopped", interrupted=len(cycles))
+
+    def problem(self) -> str | None:
+        """For /readyz."""
+        return None if self.scheduler.running else "the poll scheduler is not running"
+
+    # --- cycles ----------------------------------------------------------------------------------
+
+    async def _job(self, source: str) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._cycles.add(task)
+        try:
+            await self.poll_once(source)
+        except asyncio.CancelledError:
+            # The scheduler is shutting down: the job ends quietly, its committed work stands.
+            log.info("poll cycle interrupted by shutdown", source=source)
+        finally:
+            if task is not None:
+                self._cycles.discard(task)
+
+    async def poll_once(self, source: str) -> CycleResult:
+        """One cycle of one source, now (after the one in flight, if any). Never raises for what the
+        provider answers: errors end up in the result and in status()."""
+        provider = self.providers[source]
+        client = self.clients.get(source)
+        if client is None:
+            raise KeyError(f"source {source!r} has no API client (no token, or a provider without an API)")
+        async with self._locks[source]:
+            state = self._states.setdefault(source, SourceState(interval=provider.config.poll_interval))
+            now = self.clock()
+            result = CycleResult(source=source, started_at=now)
+            before = dict(client.stats.requests)
+            state.last_poll_at = now
+            started = time.perf_counter()
+            try:
+                await provider.poll(client, Context(self, provider, now, result))
+            except RateLimited as exc:
+                result.rate_limited = str(exc)
+            except Exception as exc:  # the targets' listing failed: nothing could be polled
+                result.errors.append(str(exc) or type(exc).__name__)
+                if not isinstance(exc, ProviderError):
+                    log.error("poll cycle failed", source=source, exc_info=exc)
+            finally:
+                result.seconds = time.perf_counter() - started
+                after = client.stats.requests
+                result.requests = {k: after.get(k, 0) - before.get(k, 0) for k in OUTCOMES}
+                self._report(source, client)
+            self._record(state, result)
+            return result
+
+    def _record(self, state: SourceState, result: CycleResult) -> None:
+        state.last = result
+        if result.ok:
+            state.last_ok_at = result.started_at
+            state.last_error = None
+        elif result.rate_limited:
+            state.last_error = result.rate_limited
+        else:
+            shown = "; ".join(result.errors[:MAX_ERRORS_SHOWN])
+            more = len(result.errors) - MAX_ERRORS_SHOWN
+            state.last_error = shown + (f"; and {more} more" if more > 0 else "")
+        log.info(
+            "poll cycle",
+            source=result.source,
+            seconds=round(result.seconds, 3),
+            targets=result.targets,
+            events=result.events,
+            transitions=len(result.transitions),
+            requests=result.requests,
+            errors=len(result.errors),
+            rate_limited=result.rate_limited is not None,
+        )
+
+    def _report(self, source: str, client: ProviderClient) -> None:
+        """Tell the listeners (metrics) each request since the last report, and the budget left.
+        Requests of operations run through the same client are counted with the next cycle's."""
+        stats = client.stats
+        seen = self._reported.setdefault(source, dict.fromkeys(OUTCOMES, 0))
+        for outcome in OUTCOMES:
+            new = stats.requests.get(outcome, 0) - seen[outcome]
+            seen[outcome] += new
+            for listener in self.on_request:
+                for _ in range(new):
+                    listener(source, outcome)
+        budget = client.budget
+        if budget is not None:
+            for budget_listener in self.on_budget:
+                budget_listener(source, budget.remaining, budget.limit, budget.reset_at)
+
+    # --- for the API and metrics -----------------------------------------------------------------
+
+    def status(self) -> dict[str, dict[str, Any]]:
+        """Each source with a client: its polling (None where it is not polled) and its requests."""
+        out: dict[str, dict[str, Any]] = {}
+        for source, client in self.clients.items():
+            state = self._states.get(source)
+            stats = client.stats
+            job = self.scheduler.get_job(source) if self.scheduler.running else None
+            next_run = getattr(job, "next_run_time", None)
+            out[source] = {
+                "polled": state is not None and state.interval > 0,
+                "poll_interval": state.interval if state else 0.0,
+                "last_poll_at": _iso(state.last_poll_at if state else None),
+                "last_ok_at": _iso(state.last_ok_at if state else None),
+                "last_error": state.last_error if state else None,
+                "rate_limit_remaining": stats.budget_remaining,
+                "rate_limited_until": _iso(stats.blocked_until),
+                "requests": dict(stats.requests),
+                "next_poll_at": iso(next_run) if next_run is not None else None,
+            }
+        return out
+
+
+def _iso(epoch: float | None) -> str | None:
+    return iso(datetime.fromtimestamp(epoch, UTC)) if epoch is not None else None
+
+
+POLLER = web.AppKey("poller", Poller)
