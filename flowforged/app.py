@@ -20,13 +20,13 @@ from prometheus_client import CollectorRegistry
 from flowforged import __version__, logs, webhooks
 from flowforged.bus import Bus
 from flowforged.config import Config
-from flowforged.ingest import Ingest
-from flowforged.store.ingest import IngestResult
 from flowforged.dispatch import Dispatcher
+from flowforged.ingest import Ingest
 from flowforged.metrics import Metrics
 from flowforged.notify import Planner
 from flowforged.plugin import Provider, Sink, providers, sinks
 from flowforged.store import Store, outbox, queries
+from flowforged.store.ingest import IngestResult
 from flowforged.systemd import Notifier
 
 log = logs.get("flowforged")

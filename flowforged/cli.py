@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import getpass
 import json
 import sys
@@ -116,10 +117,9 @@ def cmd_reindex(args: argparse.Namespace) -> int:
     providers = make_providers(cfg)
     conn = connect(cfg.storage.path)
     migrate(conn)
-    done = events = errors = 0
-    for done, events, errors in reindex(conn, lambda *a: redecode(providers, *a), utcnow(),
-                                        only_errors=args.errors_only):
-        pass
+    steps = reindex(conn, lambda *a: redecode(providers, *a), utcnow(), only_errors=args.errors_only)
+    last = collections.deque(steps, maxlen=1)  # each step reports the totals so far
+    done, events, errors = last[0] if last else (0, 0, 0)
     print(f"reindexed {done} deliveries: {events} new events, {errors} still unparseable")
     return 0
 

@@ -61,7 +61,7 @@ class DaemonProcess:
                 self.messages.append(self.notify.recv(4096).decode())
             except TimeoutError:
                 if self.proc is not None and self.proc.poll() is not None:
-                    raise RuntimeError(f"flowforged exited with {self.proc.returncode}:\n{self.output()}")
+                    raise RuntimeError(f"flowforged exited with {self.proc.returncode}:\n{self.output()}") from None
         raise TimeoutError(f"no {message} from flowforged within {timeout}s:\n{self.output()}")
 
     def kill(self, sig: int = signal.SIGKILL, timeout: float = 30.0) -> int:

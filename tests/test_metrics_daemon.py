@@ -58,7 +58,8 @@ async def test_promtool_accepts_the_metrics_of_a_daemon_fed_real_payloads(daemon
     text = scrape(daemon.url)
     result = promtool("check", "metrics", stdin=text.encode())
     assert result.returncode == 0, result.stdout + result.stderr
-    line = f'flowforge_pipeline_runs_finished_total{{branch="master",pipeline="{GH}",source="github",status="failed"}} 1.0'
+    labels = f'branch="master",pipeline="{GH}",source="github",status="failed"'
+    line = f"flowforge_pipeline_runs_finished_total{{{labels}}} 1.0"
     assert line in text.replace(", ", ",")
     assert 'flowforge_webhook_deliveries_total{event="workflow_run",outcome="duplicate",source="github"} 2.0' in text
     assert 'flowforge_webhook_deliveries_total{event="unknown",outcome="rejected",source="github"} 1.0' in text

@@ -11,7 +11,6 @@ import pytest
 
 from flowforged import app as app_module
 from flowforged.store import outbox
-
 from tests.conftest import base_config, github_headers, github_run, make_config
 from tests.fakes.slack import FakeSlack
 

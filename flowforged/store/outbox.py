@@ -139,11 +139,10 @@ def notifications(conn: sqlite3.Connection, state: str | None = None, before: in
         clauses.append("id < ?")
         params.append(before)
     where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-    rows = conn.execute(
-        "SELECT id, sink, rule, transition, source, pipeline, branch, run, sha, state, created_at, due_at,"
-        f" attempts, last_error, sent_at, answer FROM outbox {where} ORDER BY id DESC LIMIT ?",  # noqa: S608
-        (*params, limit),
-    ).fetchall()
+    columns = ("id, sink, rule, transition, source, pipeline, branch, run, sha, state, created_at, due_at,"
+               " attempts, last_error, sent_at, answer")
+    sql = f"SELECT {columns} FROM outbox {where} ORDER BY id DESC LIMIT ?"  # noqa: S608 - placeholders only
+    rows = conn.execute(sql, (*params, limit)).fetchall()
     return [dict(row) for row in rows]
 
 
@@ -165,7 +164,7 @@ def add_silence(conn: sqlite3.Connection, sources: list[str], pipelines: list[st
 def silences(conn: sqlite3.Connection, now: float, include_expired: bool = False) -> list[dict[str, Any]]:
     where = "" if include_expired else "WHERE until > ? AND expired_at IS NULL"
     params = () if include_expired else (now,)
-    rows = conn.execute(f"SELECT * FROM silences {where} ORDER BY id", params).fetchall()  # noqa: S608
+    rows = conn.execute(f"SELECT * FROM silences {where} ORDER BY id", params).fetchall()  # noqa: S608 - constant
     out = []
     for row in rows:
         item = dict(row)

@@ -16,12 +16,12 @@ from typing import Any, ClassVar, Literal
 
 import aiosmtplib
 import pydantic
-from flowforged_plugins.sinks.slack import human_duration
 from pydantic import ConfigDict, Field
 
 from flowforged.config import Duration, SecretValue, SinkConfig
 from flowforged.errors import PermanentSinkError, SinkError
 from flowforged.plugin import Notification, Sink, SinkContext
+from flowforged_plugins.sinks.slack import human_duration
 
 SUBJECT_LABELS = {"broken": "BROKEN", "still_failing": "STILL FAILING", "fixed": "FIXED"}
 LABELS = {"broken": "Broken", "still_failing": "Still failing", "fixed": "Fixed"}

@@ -25,13 +25,13 @@ from typing import Any, ClassVar
 
 import aiohttp
 import pydantic
-from flowforged_plugins.sinks.webhook import body_excerpt, check_http_url, transport_error
 
 from flowforged.config import SecretValue, SinkConfig
 from flowforged.errors import PermanentSinkError, SinkError
 from flowforged.http import retry_after
 from flowforged.plugin import Notification, Sink, SinkContext
 from flowforged.secrets import Secret
+from flowforged_plugins.sinks.webhook import body_excerpt, check_http_url, transport_error
 
 MAX_BLOCKS = 50
 MAX_SECTION_TEXT = 3000
