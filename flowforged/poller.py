@@ -217,6 +217,7 @@ class Poller:
         written after what it covers is ingested, so the next start resumes where this one stopped."""
         if self.scheduler.running:
             self.scheduler.shutdown(wait=False)
+            await asyncio.sleep(0)  # AsyncIOScheduler shuts down in a callback of the loop
         cycles = [task for task in self._cycles if not task.done()]
         for task in cycles:
             task.cancel()
@@ -313,6 +314,10 @@ class Poller:
                 budget_listener(source, budget.remaining, budget.limit, budget.reset_at)
 
     # --- for the API and metrics -----------------------------------------------------------------
+
+    def last_cycle(self, source: str) -> CycleResult | None:
+        state = self._states.get(source)
+        return state.last if state else None
 
     def status(self) -> dict[str, dict[str, Any]]:
         """Each source with a client: its polling (None where it is not polled) and its requests."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import json
 import queue
 import sqlite3
@@ -34,6 +35,8 @@ __all__ = ["Delivery", "IngestResult", "Store", "connect"]
 log = logs.get("flowforged.store")
 T = TypeVar("T")
 MAX_BATCH = 512
+# SQLite errors that belong to one item's statements (a constraint, a bad statement), not to the disk.
+_ITEM_ERRORS = (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.InterfaceError)
 _STOP = object()
 
 
@@ -111,10 +114,13 @@ class Store:
     async def ingest(self, delivery: Delivery, events: list[Any], now: str) -> IngestResult:
         return await self.write(ingest, delivery, events, now, self.on_transition)
 
+    def _connect(self) -> sqlite3.Connection:
+        return connect(self.path, synchronous=self.synchronous, busy_timeout=self.busy_timeout)
+
     def _run(self, ready: concurrent.futures.Future[None]) -> None:
         try:
-            conn = connect(self.path, synchronous=self.synchronous, busy_timeout=self.busy_timeout)
-            migrate(conn)
+            conn: sqlite3.Connection | None = self._connect()
+            migrate(conn)  # type: ignore[arg-type]
         except Exception as exc:
             ready.set_exception(exc)
             return
@@ -134,31 +140,39 @@ class Store:
                     stop = True
                     break
                 batch.append(item)
-            self._commit(conn, batch)  # type: ignore[arg-type]
+            conn = self._commit(conn, batch)  # type: ignore[arg-type]
             if stop:
                 break
-        conn.close()
+        if conn is not None:
+            conn.close()
 
-    def _commit(self, conn: sqlite3.Connection, batch: list[_Job]) -> None:
+    def _commit(self, conn: sqlite3.Connection | None, batch: list[_Job]) -> sqlite3.Connection | None:
+        """Commit a batch; return the connection to use next (None after a failure: reconnect then,
+        since after an I/O error or a full disk SQLite's connection may not recover by itself)."""
         outcomes: list[tuple[_Job, Any, BaseException | None]] = []
         try:
+            if conn is None:
+                conn = self._connect()
             conn.execute("BEGIN IMMEDIATE")
             for job in batch:
                 conn.execute("SAVEPOINT job")
                 try:
                     value = job.fn(conn, *job.args)
-                except sqlite3.Error:
-                    raise  # the database itself failed: the whole batch fails with it
-                except Exception as exc:  # one item's bug must not fail the others
-                    conn.execute("ROLLBACK TO job")
+                except Exception as exc:
+                    if isinstance(exc, sqlite3.Error) and not isinstance(exc, _ITEM_ERRORS):
+                        raise  # the database itself failed: the whole batch fails with it
+                    conn.execute("ROLLBACK TO job")  # one item's bug must not fail the others
                     outcomes.append((job, None, exc))
                 else:
                     outcomes.append((job, value, None))
                 conn.execute("RELEASE job")
             conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            if conn.in_transaction:
-                conn.rollback()
+        except sqlite3.Error as exc:  # the database itself failed (full, read-only, I/O): the whole batch
+            if conn is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.rollback()
+                conn.close()
+                conn = None
             self.last_error = f"{type(exc).__name__}: {exc}"
             log.error("store commit failed", error=self.last_error, batch=len(batch))
             failure = StoreUnavailable(f"the store cannot commit: {exc}")
@@ -168,6 +182,7 @@ class Store:
             self.commits += 1
             self.writes += len(batch)
         _resolve(outcomes)
+        return conn
 
     # --- reading --------------------------------------------------------------------------------
     def _reader(self) -> sqlite3.Connection:
@@ -185,9 +200,9 @@ class Store:
         return await loop.run_in_executor(self._readers, lambda: fn(self._reader(), *args))
 
     async def writable(self) -> bool:
-        """For /readyz: can the writer commit right now?"""
+        """For /readyz: can the writer commit a real write right now (a full disk fails it)?"""
         try:
-            await self.write(lambda conn: conn.execute("SELECT 1").fetchone())
+            await self.write(queries.heartbeat)
         except StoreUnavailable:
             return False
         return True

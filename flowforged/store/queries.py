@@ -56,6 +56,12 @@ def finished_runs(conn: sqlite3.Connection, horizon: str) -> list[dict[str, Any]
     return [dict(row) for row in rows]
 
 
+def heartbeat(conn: sqlite3.Connection) -> None:
+    """A write that must reach the disk: the readiness probe."""
+    conn.execute("INSERT INTO heartbeat (id, at) VALUES (1, strftime('%Y-%m-%dT%H:%M:%fZ'))"
+                 " ON CONFLICT (id) DO UPDATE SET at = excluded.at")
+
+
 def prune_raw(conn: sqlite3.Connection, before: str, batch: int = 1000) -> int:
     """Drop the raw bodies of deliveries received before `before` (storage.raw_retention_days).
 

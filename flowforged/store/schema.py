@@ -186,7 +186,12 @@ def _v2(db: sqlite_utils.Database) -> None:
     )
 
 
-MIGRATIONS = [_v1, _v2]
+def _v3(db: sqlite_utils.Database) -> None:
+    """The readiness probe's row: /readyz writes it to know that a commit reaches the disk."""
+    db.execute("CREATE TABLE heartbeat (id INTEGER PRIMARY KEY CHECK (id = 1), at TEXT)")
+
+
+MIGRATIONS = [_v1, _v2, _v3]
 
 
 def migrate(conn: sqlite3.Connection) -> int:
