@@ -62,7 +62,7 @@ def build(config: Config) -> web.Application:
     app[STORE] = store
     app[BUS] = bus
     app[READINESS] = []
-    webhooks.setup(app, ingest, config.server.max_body_bytes)
+    webhooks.setup(app, ingest, config.server.max_body_bytes, config.server.body_timeout)
     metrics = Metrics(CollectorRegistry(), branches=config.metrics.branches, stale_after=config.metrics.stale_after,
                       version=__version__)
     app[METRICS] = metrics
@@ -187,7 +187,8 @@ async def serve(config: Config, notifier: Notifier | None = None,
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=config.server.shutdown_timeout)
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=config.server.shutdown_timeout,
+                           keepalive_timeout=config.server.idle_timeout)
     await runner.setup()
     site = web.TCPSite(runner, config.server.host, config.server.port)
     try:

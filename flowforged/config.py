@@ -73,6 +73,10 @@ class ServerConfig(Section):
     listen: str = "127.0.0.1:8080"
     max_body_bytes: int = Field(default=25 * 1024 * 1024, gt=0)  # GitHub caps payloads at 25 MiB
     shutdown_timeout: Duration = 10.0
+    # Slow clients (slowloris): a connection that has not sent a whole request's headers within
+    # idle_timeout is closed; a body not received within body_timeout is answered 408.
+    idle_timeout: Duration = 15.0
+    body_timeout: Duration = 30.0
 
     @pydantic.field_validator("listen")
     @classmethod

@@ -208,9 +208,7 @@ class Poller:
                 misfire_grace_time=None,  # a late cycle still runs (once: coalesce)
                 next_run_time=datetime.now(UTC),
             )
-        log.info(
-            "poller started", sources=sorted(self._states), clients=sorted(self.clients), etags_pruned=pruned
-        )
+        log.info("poller started", sources=sorted(self._states), clients=sorted(self.clients), etags_pruned=pruned)
 
     async def stop(self) -> None:
         """Stop scheduling and end the cycles in flight. Their committed work stands: every cursor is

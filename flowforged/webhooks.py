@@ -7,6 +7,7 @@ Nothing is stored before the request is authenticated.
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from aiohttp import web
@@ -18,6 +19,7 @@ from flowforged.ingest import Ingest
 log = logs.get("flowforged.webhooks")
 INGEST = web.AppKey("ingest", Ingest)
 MAX_BODY = web.AppKey("max_body_bytes", int)
+BODY_TIMEOUT = web.AppKey("body_timeout", float)
 OBSERVERS = web.AppKey("webhook_observers", list)  # callables (source, event, outcome, seconds)
 
 
@@ -35,7 +37,7 @@ async def receive(request: web.Request) -> web.Response:
 
 
 _OUTCOMES = {202: "accepted", 200: "duplicate", 400: "invalid", 401: "rejected", 404: "unknown_source",
-             413: "too_large", 503: "unavailable"}
+             408: "invalid", 413: "too_large", 503: "unavailable"}
 
 
 async def _receive(request: web.Request) -> tuple[web.Response, str, str]:
@@ -45,7 +47,11 @@ async def _receive(request: web.Request) -> tuple[web.Response, str, str]:
     if provider is None:
         return error(404, "unknown_source", "no source of that name is configured"), "unknown", "unknown"
     try:
-        body = await request.read()
+        async with asyncio.timeout(request.app[BODY_TIMEOUT]):
+            body = await request.read()
+    except TimeoutError:
+        log.warning("webhook body not received in time", source=name, remote=request.remote)
+        return error(408, "timeout", "the request body was not received in time"), name, "unknown"
     except web.HTTPRequestEntityTooLarge:
         limit = request.app[MAX_BODY]
         log.warning("webhook over the body limit", source=name, limit=limit)
@@ -74,8 +80,9 @@ async def _receive(request: web.Request) -> tuple[web.Response, str, str]:
     ), name, event
 
 
-def setup(app: web.Application, ingest: Ingest, max_body_bytes: int) -> None:
+def setup(app: web.Application, ingest: Ingest, max_body_bytes: int, body_timeout: float = 30.0) -> None:
     app[INGEST] = ingest
     app[MAX_BODY] = max_body_bytes
+    app[BODY_TIMEOUT] = body_timeout
     app[OBSERVERS] = []
     app.router.add_post("/hooks/{source}", receive)

@@ -68,8 +68,7 @@ async def trigger(request: web.Request) -> web.Response:
     body = await json_body(request, "ref", "inputs")
     ref = body_str(body, "ref", required=True)
     inputs = body.get("inputs", {})
-    if not isinstance(inputs, dict) or not all(
-            isinstance(v, str | int | float | bool) and not isinstance(v, dict) for v in inputs.values()):
+    if not isinstance(inputs, dict) or not all(isinstance(v, str | int | float | bool) for v in inputs.values()):
         raise bad_body("inputs", "expected an object of names to strings, numbers or booleans")
     pipeline = await find_pipeline(request)
     _configured(request, pipeline["source"])

@@ -15,6 +15,9 @@ from flowforged.store import outbox, queries
 
 JOB_FIELDS = ("id", "job_id", "name", "stage", "status", "provider_status", "url", "started_at", "finished_at",
               "updated_at")
+_PIPELINE_FIELDS = "id, source, pipeline, name, repo, default_branch, first_seen, last_seen"
+# A delivery's origin (webhook or poll) goes with its events; LEFT JOIN: events outlive pruned deliveries.
+_EVENTS = "SELECT e.id, e.data, d.origin FROM events e LEFT JOIN deliveries d ON d.id = e.delivery"
 
 
 def pipelines(conn: sqlite3.Connection, *, source: str | None = None, after: int | None = None,
@@ -28,20 +31,13 @@ def pipelines(conn: sqlite3.Connection, *, source: str | None = None, after: int
         clauses.append("id > ?")
         params.append(after)
     where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-    rows = conn.execute(
-        "SELECT id, source, pipeline, name, repo, default_branch, first_seen, last_seen FROM pipelines"
-        f" {where} ORDER BY id LIMIT ?",  # noqa: S608
-        (*params, limit),
-    ).fetchall()
+    sql = f"SELECT {_PIPELINE_FIELDS} FROM pipelines {where} ORDER BY id LIMIT ?"  # noqa: S608
+    rows = conn.execute(sql, (*params, limit)).fetchall()
     return [_with_branches(conn, dict(row)) for row in rows]
 
 
 def pipeline(conn: sqlite3.Connection, pipeline_id: int) -> dict[str, Any] | None:
-    row = conn.execute(
-        "SELECT id, source, pipeline, name, repo, default_branch, first_seen, last_seen FROM pipelines"
-        " WHERE id = ?",
-        (pipeline_id,),
-    ).fetchone()
+    row = conn.execute(f"SELECT {_PIPELINE_FIELDS} FROM pipelines WHERE id = ?", (pipeline_id,)).fetchone()  # noqa: S608
     return _with_branches(conn, dict(row)) if row else None
 
 
@@ -74,8 +70,7 @@ def run_jobs(conn: sqlite3.Connection, source: str, run_id: str, attempt: int) -
 def run_events(conn: sqlite3.Connection, source: str, run_id: str, attempt: int) -> list[dict[str, Any]]:
     """Every event of one attempt of a run (the run's own and its jobs'), in the order they were recorded."""
     rows = conn.execute(
-        "SELECT e.id, e.data, d.origin FROM events e LEFT JOIN deliveries d ON d.id = e.delivery"
-        " WHERE e.source = ? AND e.run_id = ? AND e.attempt = ? ORDER BY e.id",
+        f"{_EVENTS} WHERE e.source = ? AND e.run_id = ? AND e.attempt = ? ORDER BY e.id",  # noqa: S608
         (source, run_id, attempt),
     ).fetchall()
     return [event_dict(row) for row in rows]
@@ -98,11 +93,8 @@ def events(conn: sqlite3.Connection, *, source: str | None = None, run_id: str |
         params.append(after)
     where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
     order = "ASC" if after is not None else "DESC"
-    rows = conn.execute(
-        "SELECT e.id, e.data, d.origin FROM events e LEFT JOIN deliveries d ON d.id = e.delivery"
-        f" {where} ORDER BY e.id {order} LIMIT ?",  # noqa: S608
-        (*params, limit),
-    ).fetchall()
+    sql = f"{_EVENTS} {where} ORDER BY e.id {order} LIMIT ?"  # noqa: S608
+    rows = conn.execute(sql, (*params, limit)).fetchall()
     return [event_dict(row) for row in rows]
 
 

@@ -21,9 +21,7 @@ _CHUNK = 500  # host parameters per IN (...) list, well under SQLite's limit
 
 
 def etags_of(conn: sqlite3.Connection, source: str) -> dict[str, str]:
-    rows = conn.execute(
-        "SELECT key, etag FROM poll_state WHERE source = ? AND etag IS NOT NULL", (source,)
-    ).fetchall()
+    rows = conn.execute("SELECT key, etag FROM poll_state WHERE source = ? AND etag IS NOT NULL", (source,)).fetchall()
     return {key: etag for key, etag in rows}
 
 
@@ -126,9 +124,7 @@ class Cursors:
     async def set(self, source: str, key: str, cursor: str) -> None:
         await self.store.write(set_cursor, source, key, cursor, utcnow())
 
-    async def known(
-        self, source: str, runs: Iterable[tuple[str, int]]
-    ) -> dict[tuple[str, int], tuple[str, str]]:
+    async def known(self, source: str, runs: Iterable[tuple[str, int]]) -> dict[tuple[str, int], tuple[str, str]]:
         wanted = list(runs)
         return await self.store.read(known_runs, source, wanted) if wanted else {}
 
