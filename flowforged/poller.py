@@ -27,10 +27,10 @@ from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from flowforged import logs
-from flowforged.errors import ProviderError, RateLimited
+from flowforged.errors import ProviderError, RateLimited, StoreUnavailable
 from flowforged.http import OUTCOMES, ProviderClient
 from flowforged.ingest import Ingest
-from flowforged.model import iso
+from flowforged.model import Status, iso
 from flowforged.plugin import Provider
 from flowforged.store import IngestResult, Store
 from flowforged.store.pollstate import Cursors, SqliteEtags
@@ -41,8 +41,10 @@ CONCURRENCY = 4  # targets (repositories, projects) of one source polled at a ti
 # How long an unfinished run is looked after once it leaves the first page: GitHub ends a workflow
 # run after 35 days at most, but one still unfinished after a week has been forgotten by its provider.
 OPEN_RUN_MAX_AGE = 7 * 86400.0
-ETAG_MAX_AGE = 7 * 86400.0  # an ETag not refreshed for this long is pruned at start
+ETAG_MAX_AGE = 30 * 86400.0  # an ETag not refreshed for this long is pruned at start
 MAX_ERRORS_SHOWN = 3
+FOLLOW_FOR = 86400.0  # a re-run is looked after for a day at most
+TERMINAL = frozenset(status.value for status in Status if status.terminal)
 
 RequestListener = Callable[[str, str], None]  # (source, outcome): metrics' poll_request
 # (source, remaining, limit, reset_at): metrics' rate_limit_remaining
@@ -102,7 +104,10 @@ class Context:
     async def open_runs(self) -> list[dict[str, Any]]:
         if self._open is None:  # once a cycle, however many repositories ask
             after = iso(datetime.fromtimestamp(self.now - OPEN_RUN_MAX_AGE, UTC))
-            self._open = await self._poller.cursors.open_runs(self.source, after)
+            stored = await self._poller.cursors.open_runs(self.source, after)
+            listed = {run["run_id"] for run in stored}
+            followed = self._poller.following.get(self.source, {})
+            self._open = stored + [run for run_id, run in followed.items() if run_id not in listed]
         return self._open
 
     async def emit(self, event: str, payload: dict[str, Any]) -> IngestResult:
@@ -173,6 +178,9 @@ class Poller:
         self._locks: dict[str, asyncio.Lock] = collections.defaultdict(asyncio.Lock)
         self._cycles: set[asyncio.Task[Any]] = set()
         self._reported: dict[str, dict[str, int]] = {}
+        # Runs re-run through the control API, looked after until their new attempt has finished: a
+        # re-run attempt keeps its run's place in the list, which may be far from the first page.
+        self.following: dict[str, dict[str, dict[str, Any]]] = {}
 
     # --- life ------------------------------------------------------------------------------------
 
@@ -180,7 +188,11 @@ class Poller:
         """Make the clients, start the scheduler, and schedule each polled source's first cycle (its
         backfill) for now. Returns at once: the cycles run in the background."""
         before = iso(datetime.fromtimestamp(self.clock() - ETAG_MAX_AGE, UTC))
-        pruned = await self.cursors.prune(before)
+        try:
+            pruned = await self.cursors.prune(before)
+        except StoreUnavailable as exc:  # readiness reports the store; polling can still start
+            log.warning("old ETags not pruned", error=str(exc))
+            pruned = 0
         options = {"clock": self.clock, **self.client_options}
         for name, provider in self.providers.items():
             interval = provider.config.poll_interval
@@ -258,6 +270,7 @@ class Poller:
             started = time.perf_counter()
             try:
                 await provider.poll(client, Context(self, provider, now, result))
+                await self._unfollow(source, now)
             except RateLimited as exc:
                 result.rate_limited = str(exc)
             except Exception as exc:  # the targets' listing failed: nothing could be polled
@@ -268,9 +281,30 @@ class Poller:
                 result.seconds = time.perf_counter() - started
                 after = client.stats.requests
                 result.requests = {k: after.get(k, 0) - before.get(k, 0) for k in OUTCOMES}
-                self._report(source, client)
+                self.report(source)
             self._record(state, result)
             return result
+
+    def follow(self, source: str, run: Mapping[str, Any]) -> None:
+        """Look after `run` (a row of `runs`) until an attempt after its own has finished."""
+        self.following.setdefault(source, {})[str(run["run_id"])] = {
+            "pipeline": run["pipeline"],
+            "run_id": str(run["run_id"]),
+            "attempt": int(run.get("attempt") or 1),
+            "created_at": None,  # not on any page the poller has seen: always asked for
+            "until": self.clock() + FOLLOW_FOR,
+        }
+
+    async def _unfollow(self, source: str, now: float) -> None:
+        followed = self.following.get(source)
+        if not followed:
+            return
+        nexts = [(run_id, run["attempt"] + 1) for run_id, run in followed.items()]
+        known = await self.cursors.known(source, nexts)
+        for run_id, attempt in nexts:
+            state = known.get((run_id, attempt))
+            if (state is not None and state[0] in TERMINAL) or followed[run_id]["until"] < now:
+                del followed[run_id]
 
     def _record(self, state: SourceState, result: CycleResult) -> None:
         state.last = result
@@ -283,7 +317,9 @@ class Poller:
             shown = "; ".join(result.errors[:MAX_ERRORS_SHOWN])
             more = len(result.errors) - MAX_ERRORS_SHOWN
             state.last_error = shown + (f"; and {more} more" if more > 0 else "")
-        log.info(
+        # A cycle that found nothing is the common case: logged at debug, not once a minute at info.
+        quiet = result.ok and not result.events
+        (log.debug if quiet else log.info)(
             "poll cycle",
             source=result.source,
             seconds=round(result.seconds, 3),
@@ -295,9 +331,10 @@ class Poller:
             rate_limited=result.rate_limited is not None,
         )
 
-    def _report(self, source: str, client: ProviderClient) -> None:
-        """Tell the listeners (metrics) each request since the last report, and the budget left.
-        Requests of operations run through the same client are counted with the next cycle's."""
+    def report(self, source: str) -> None:
+        """Tell the listeners (metrics) each request of the source's client since the last report
+        (the control API's operations included: they share the client), and the budget left."""
+        client = self.clients[source]
         stats = client.stats
         seen = self._reported.setdefault(source, dict.fromkeys(OUTCOMES, 0))
         for outcome in OUTCOMES:

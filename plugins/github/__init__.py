@@ -1,14 +1,23 @@
-"""GitHub Actions: webhooks (workflow_run, workflow_job) and, from issue 4, the REST API."""
+"""GitHub Actions: webhooks (workflow_run, workflow_job) and the REST API (polling and operations).
+
+This module is the pure half; `api` holds the async half, which GitHubProvider delegates to.
+"""
 
 from __future__ import annotations
 
 import hmac
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qs
 
-from flowforged.errors import NotJSON, WebhookRejected
+import aiohttp
+
+from flowforged.config import SourceConfig
+from flowforged.errors import NotJSON, ProviderError, WebhookRejected
+from flowforged.http import EtagStore, ProviderClient
 from flowforged.model import Event, JobEvent, RunEvent, Status, parse_time
-from flowforged.plugin import Headers, Provider, decode_json
+from flowforged.plugin import Headers, PollContext, Provider, decode_json
+from flowforged_plugins.github import api
 
 # https://docs.github.com/en/rest/actions/workflow-runs: status and conclusion values.
 _STATUS = {
@@ -102,8 +111,23 @@ def normalize_job(source: str, job: dict[str, Any], repository: dict[str, Any] |
     )
 
 
+class GitHubSourceConfig(SourceConfig):
+    def problems(self) -> list[tuple[str, str]]:
+        found = super().problems()
+        try:
+            api.parse_repos(self.repos)
+        except ValueError as exc:
+            found.append(("repos", str(exc)))
+        if self.poll_interval > 0 and self.token is None:
+            found.append(("token", "missing: polling (poll_interval) needs an API token"))
+        if self.poll_interval > 0 and not self.repos:
+            found.append(("repos", "empty: name the repositories to poll (owner/repo, owner/* or org:NAME)"))
+        return found
+
+
 class GitHubProvider(Provider):
     type = "github"
+    config_model = GitHubSourceConfig
     stored_headers = ("X-GitHub-Event", "X-GitHub-Delivery", "X-GitHub-Hook-ID", "Content-Type", "User-Agent")
 
     def verify(self, headers: Headers, body: bytes, now: float) -> None:
@@ -113,7 +137,9 @@ class GitHubProvider(Provider):
         signature = headers.get("X-Hub-Signature-256")
         if not signature:
             if headers.get("X-Hub-Signature"):
-                raise WebhookRejected("only the SHA-1 X-Hub-Signature was sent; X-Hub-Signature-256 is required")
+                raise WebhookRejected(
+                    "only the SHA-1 X-Hub-Signature was sent; X-Hub-Signature-256 is required"
+                )
             raise WebhookRejected("X-Hub-Signature-256 is missing")
         expected = sign(secret.get(), body)
         if not hmac.compare_digest(expected.encode(), signature.strip().encode()):
@@ -144,3 +170,42 @@ class GitHubProvider(Provider):
             job = normalize_job(self.name, payload["workflow_job"], payload.get("repository"))
             return [job]
         return []
+
+    # --- async half (api.py) -----------------------------------------------------------------------
+    def make_client(self, session: aiohttp.ClientSession, etags: EtagStore, **options: Any) -> ProviderClient:
+        if self.config.token is None:
+            raise NotImplementedError(f"source {self.name} has no API token")
+        token = self.config.token.get()
+        return api.make_client(self.name, self.config.api_url, token, session, etags, **options)
+
+    async def poll_targets(self, client: ProviderClient, ctx: PollContext) -> list[str]:
+        return await api.targets(client, ctx, self.config.repos)
+
+    async def poll_target(self, client: ProviderClient, ctx: PollContext, target: str) -> None:
+        await api.poll_repo(self, client, ctx, target)
+
+    async def trigger(
+        self,
+        client: ProviderClient,
+        pipeline: str,
+        ref: str,
+        inputs: Mapping[str, Any],
+        variables: Mapping[str, str] | None = None,
+    ) -> dict[str, Any] | None:
+        if variables:
+            raise ProviderError(
+                f"{self.name}: a GitHub workflow takes inputs, not variables", status=400, code="bad_request"
+            )
+        return await api.trigger(self.name, client, pipeline, ref, inputs)
+
+    async def rerun(
+        self, client: ProviderClient, run: Mapping[str, Any], failed_only: bool
+    ) -> dict[str, Any] | None:
+        await api.rerun(self.name, client, run, failed_only)
+        return None
+
+    async def cancel(
+        self, client: ProviderClient, run: Mapping[str, Any], force: bool
+    ) -> dict[str, Any] | None:
+        await api.cancel(self.name, client, run, force)
+        return None

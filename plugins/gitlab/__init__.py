@@ -1,4 +1,10 @@
-"""GitLab CI: Pipeline Hook and Job Hook webhooks and, from issue 4, the REST API."""
+"""GitLab CI: Pipeline Hook and Job Hook webhooks, and pipelines and jobs read from the REST API.
+
+This module is the pure half; `api` holds the async half (polling, create/retry/cancel pipeline),
+which GitLabProvider delegates to. Polled REST objects are ingested under the event names
+`api:pipeline` ({"project", "pipeline", "commit"?}) and `api:job` ({"project", "job"}), normalized so
+that a state a webhook already told has the same key and is stored once.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +12,18 @@ import base64
 import binascii
 import hashlib
 import hmac
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
+import aiohttp
+
 from flowforged.config import SecretValue, SourceConfig
 from flowforged.errors import WebhookRejected
+from flowforged.http import EtagStore, ProviderClient
 from flowforged.model import Event, JobEvent, RunEvent, Status, parse_time
-from flowforged.plugin import Headers, Provider
+from flowforged.plugin import Headers, PollContext, Provider
+from flowforged_plugins.gitlab import api
 
 # https://docs.gitlab.com/ee/api/pipelines.html: pipeline and job status values.
 _STATUS = {
@@ -38,10 +49,19 @@ class GitLabSourceConfig(SourceConfig):
     signing_token: SecretValue | None = None
 
     def problems(self) -> list[tuple[str, str]]:
+        found = []
         if self.webhook_secret is None and self.signing_token is None and not self.insecure_no_auth:
-            return [("webhook_secret", "missing (set webhook_secret or signing_token, "
-                                       "or insecure_no_auth: true to accept any request)")]
-        return []
+            found.append(("webhook_secret", "missing (set webhook_secret or signing_token, "
+                                            "or insecure_no_auth: true to accept any request)"))
+        try:
+            api.parse_projects(self.repos)
+        except ValueError as exc:
+            found.append(("repos", str(exc)))
+        if self.poll_interval > 0 and self.token is None:
+            found.append(("token", "missing: polling (poll_interval) needs an API token"))
+        if self.poll_interval > 0 and not self.repos:
+            found.append(("repos", "empty: name the projects to poll (group/project or group:NAME)"))
+        return found
 
     @property
     def authenticated(self) -> bool:
@@ -132,6 +152,72 @@ def normalize_job(source: str, payload: dict[str, Any]) -> JobEvent:
     )
 
 
+def normalize_api_pipeline(source: str, payload: dict[str, Any]) -> RunEvent:
+    """A REST pipeline (https://docs.gitlab.com/ee/api/pipelines.html): the list's short form or the
+    single pipeline's full one. The key fields are derived as from a Pipeline Hook: updated_at is the
+    finish time of a finished pipeline, provider_status the detailed status text ("passed")."""
+    pipeline = payload["pipeline"]
+    project = payload.get("project") or {}
+    commit = payload.get("commit") or {}
+    status = status_of(pipeline.get("status"))
+    finished = parse_time(pipeline.get("finished_at")) if status.terminal else None
+    created = parse_time(pipeline.get("created_at"))
+    detailed = pipeline.get("detailed_status")
+    text = detailed.get("text") if isinstance(detailed, dict) else None
+    path = project.get("path_with_namespace")
+    web_url = project.get("web_url")
+    return RunEvent(
+        source=source,
+        pipeline=path,
+        pipeline_name=project.get("name") or path,
+        run_id=str(pipeline["id"]),
+        attempt=1,
+        status=status,
+        # Hooks say "passed", the API's detailed status "passed" or, in newer GitLab, "Passed".
+        provider_status=(text or pipeline.get("status") or "unknown").lower(),
+        updated_at=finished or parse_time(pipeline.get("updated_at")) or created or "",
+        # The short form has no `tag`: a tag pipeline read only from the list names its tag here.
+        branch=pipeline.get("ref") if not pipeline.get("tag") else None,
+        sha=pipeline.get("sha"),
+        url=pipeline.get("web_url") or (f"{web_url}/-/pipelines/{pipeline['id']}" if web_url else None),
+        created_at=created,
+        started_at=parse_time(pipeline.get("started_at")),
+        finished_at=finished,
+        repo=path,
+        default_branch=project.get("default_branch"),
+        commit_message=_first_line(commit.get("message")) or commit.get("title"),
+        author=commit.get("author_name") or (pipeline.get("user") or {}).get("name"),
+        trigger=pipeline.get("source"),
+        number=pipeline.get("iid"),
+    )
+
+
+def normalize_api_job(source: str, payload: dict[str, Any]) -> JobEvent:
+    """A REST job (https://docs.gitlab.com/ee/api/jobs.html), keyed as the Job Hook of the same state."""
+    job = payload["job"]
+    project = payload.get("project") or {}
+    status = status_of(job.get("status"))
+    finished = parse_time(job.get("finished_at")) if status.terminal else None
+    started = parse_time(job.get("started_at"))
+    return JobEvent(
+        source=source,
+        run_id=str(job["pipeline"]["id"]),
+        attempt=1,
+        job_id=str(job["id"]),
+        name=job.get("name") or "",
+        status=status,
+        provider_status=job.get("status") or "unknown",
+        updated_at=finished or started or parse_time(job.get("created_at")) or "",
+        pipeline=project.get("path_with_namespace"),
+        url=job.get("web_url"),
+        stage=job.get("stage"),
+        started_at=started,
+        finished_at=finished,
+        branch=job.get("ref") if not job.get("tag") else None,
+        sha=(job.get("commit") or {}).get("id"),  # in the API, unlike in a Job Hook, a commit SHA
+    )
+
+
 class GitLabProvider(Provider):
     type = "gitlab"
     config_model = GitLabSourceConfig
@@ -180,4 +266,41 @@ class GitLabProvider(Provider):
             return [normalize_pipeline(self.name, payload)]
         if event == "Job Hook":
             return [normalize_job(self.name, payload)]
+        if event == api.PIPELINE_EVENT:
+            return [normalize_api_pipeline(self.name, payload)]
+        if event == api.JOB_EVENT:
+            return [normalize_api_job(self.name, payload)]
         return []
+
+    # --- async half (api.py) -----------------------------------------------------------------------
+    def make_client(self, session: aiohttp.ClientSession, etags: EtagStore, **options: Any) -> ProviderClient:
+        if self.config.token is None:
+            raise NotImplementedError(f"source {self.name} has no API token")
+        token = self.config.token.get()
+        return api.make_client(self.name, self.config.api_url, token, session, etags, **options)
+
+    async def poll_targets(self, client: ProviderClient, ctx: PollContext) -> list[str]:
+        return await api.targets(client, ctx, self.config.repos)
+
+    async def poll_target(self, client: ProviderClient, ctx: PollContext, target: str) -> None:
+        await api.poll_project(self, client, ctx, target)
+
+    async def trigger(
+        self,
+        client: ProviderClient,
+        pipeline: str,
+        ref: str,
+        inputs: Mapping[str, Any],
+        variables: Mapping[str, str] | None = None,
+    ) -> dict[str, Any] | None:
+        return await api.trigger(self.name, client, pipeline, ref, inputs, variables)
+
+    async def rerun(
+        self, client: ProviderClient, run: Mapping[str, Any], failed_only: bool
+    ) -> dict[str, Any] | None:
+        return await api.retry(self.name, client, run)
+
+    async def cancel(
+        self, client: ProviderClient, run: Mapping[str, Any], force: bool
+    ) -> dict[str, Any] | None:
+        return await api.cancel(self.name, client, run)

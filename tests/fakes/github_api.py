@@ -17,6 +17,7 @@ faults, rate-limit counting, ETags and 304s, and page arithmetic.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import copy
 import dataclasses
@@ -67,6 +68,7 @@ class RecordedRequest:
     query: MultiDict[str]
     headers: CIMultiDict[str]  # without the credential headers
     json: Any
+    status: int | None = None  # what the fake answered
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,6 +140,9 @@ class FakeProviderAPI:
         self.remaining = rate_limit
         self.reset_at = int(clock() + window)
         self.requests: list[RecordedRequest] = []
+        # While set and not yet set free, every answer waits for it: a request in flight, for tests
+        # of what happens to it (a shutdown, a timeout).
+        self.stall: asyncio.Event | None = None
         self.faults: collections.deque[Fault] = collections.deque()
 
     @functools.cached_property
@@ -202,6 +207,14 @@ class FakeProviderAPI:
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
         await self._record(request)
+        index = len(self.requests) - 1
+        response = await self._answer(request, handler)
+        self.requests[index] = dataclasses.replace(self.requests[index], status=response.status)
+        return response
+
+    async def _answer(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        if self.stall is not None:
+            await self.stall.wait()
         if not self.authorized(request):
             return self.unauthorized()
         if self.clock() >= self.reset_at:
@@ -304,8 +317,12 @@ class FakeGitHub(FakeProviderAPI):
         self.repos: dict[str, dict[str, Any]] = {}
         self.workflows: dict[int, dict[str, Any]] = {}
         self.runs: dict[int, dict[str, Any]] = {}
+        self._repo_runs: dict[str, list[int]] = collections.defaultdict(list)  # a bench has 1000 repos
         self.jobs: dict[int, list[dict[str, Any]]] = {}  # run id -> jobs of every attempt
         self.dispatches: list[dict[str, Any]] = []
+        # GitHub.com answers a dispatch with return_run_details 200 and the run; an older GitHub
+        # Enterprise Server ignores the parameter and answers 204.
+        self.return_run_details = True
         self._workflow_repo: dict[int, str] = {}
         self._ids = iter(range(30433642, 10**12))
 
@@ -314,7 +331,9 @@ class FakeGitHub(FakeProviderAPI):
     def now(self) -> str:
         return _iso(self.clock())
 
-    def add_repo(self, full_name: str, default_branch: str = "main") -> dict[str, Any]:
+    def add_repo(
+        self, full_name: str, default_branch: str = "main", *, owner_type: str = "Organization", archived: bool = False
+    ) -> dict[str, Any]:
         if full_name in self.repos:
             return self.repos[full_name]
         template = _fixture("github/rest/list-workflow-runs.200.json")["workflow_runs"][0]["repository"]
@@ -333,8 +352,9 @@ class FakeGitHub(FakeProviderAPI):
             "login": owner,
             "url": f"{API}/users/{owner}",
             "html_url": f"{WEB}/{owner}",
-            "type": "Organization",
+            "type": owner_type,
         }
+        repo["archived"] = archived
         self.repos[full_name] = repo
         return repo
 
@@ -424,6 +444,7 @@ class FakeGitHub(FakeProviderAPI):
             "author": {"name": "Octo Cat", "email": "octocat@github.com"},
         }
         self.runs[run_id] = run
+        self._repo_runs[repo].append(run_id)
         self.jobs[run_id] = []
         return run
 
@@ -546,6 +567,7 @@ class FakeGitHub(FakeProviderAPI):
         router.add_post(base + "/runs/{run_id:\\d+}/force-cancel", self.cancel)
         router.add_post(base + "/workflows/{workflow}/dispatches", self.dispatch)
         router.add_get("/orgs/{org}/repos", self.org_repos)
+        router.add_get("/users/{user}/repos", self.user_repos)
 
     def _run(self, request: web.Request) -> dict[str, Any] | None:
         repo = f"{request.match_info['owner']}/{request.match_info['repo']}"
@@ -558,7 +580,7 @@ class FakeGitHub(FakeProviderAPI):
         if repo not in self.repos:
             return self.error(404, "Not Found")
         q = request.query
-        runs = [r for r in self.runs.values() if r["repository"]["full_name"] == repo]
+        runs = [self.runs[i] for i in self._repo_runs[repo] if i in self.runs]
         if "branch" in q:
             runs = [r for r in runs if r["head_branch"] == q["branch"]]
         if "status" in q:  # a status or a conclusion
@@ -597,11 +619,28 @@ class FakeGitHub(FakeProviderAPI):
         return self.listing(request, jobs, lambda chunk: {"total_count": len(jobs), "jobs": chunk})
 
     async def org_repos(self, request: web.Request) -> web.Response:
+        # https://docs.github.com/en/rest/repos/repos#list-organization-repositories: sort created
+        # (default), updated, pushed or full_name; direction desc by default, asc for full_name.
         org = request.match_info["org"]
-        repos = [r for r in self.repos.values() if r["owner"]["login"] == org]
+        repos = [
+            r for r in self.repos.values() if r["owner"]["login"] == org and r["owner"]["type"] == "Organization"
+        ]
         if not repos:
             return self.error(404, "Not Found")
-        return self.listing(request, repos, lambda chunk: chunk)
+        return self.listing(request, self._sorted_repos(request, repos), lambda chunk: chunk)
+
+    async def user_repos(self, request: web.Request) -> web.Response:
+        user = request.match_info["user"]
+        repos = [r for r in self.repos.values() if r["owner"]["login"] == user and r["owner"]["type"] == "User"]
+        if not repos:
+            return self.error(404, "Not Found")
+        return self.listing(request, self._sorted_repos(request, repos), lambda chunk: chunk)
+
+    def _sorted_repos(self, request: web.Request, repos: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        sort = request.query.get("sort", "created")
+        direction = request.query.get("direction", "asc" if sort == "full_name" else "desc")
+        key = (lambda r: r["full_name"]) if sort == "full_name" else (lambda r: r["id"])
+        return sorted(repos, key=key, reverse=direction == "desc")
 
     async def dispatch(self, request: web.Request) -> web.Response:
         # https://docs.github.com/en/rest/actions/workflows#create-a-workflow-dispatch-event
@@ -622,7 +661,7 @@ class FakeGitHub(FakeProviderAPI):
             return self.error(422, 'Invalid request.\n\n"ref" wasn\'t supplied.')
         self.dispatches.append({"repo": repo, "workflow": workflow["path"], **payload})
         run = self.add_run(repo, workflow["path"], branch=payload["ref"], event="workflow_dispatch")
-        if payload.get("return_run_details"):
+        if payload.get("return_run_details") and self.return_run_details:
             details = {"workflow_run_id": run["id"], "run_url": run["url"], "html_url": run["html_url"]}
             return self.body(request, details)
         return web.Response(status=204)

@@ -328,6 +328,7 @@ class FakeGitLab(FakeProviderAPI):
         router.add_post(base + "/pipelines/{pipeline_id:\\d+}/retry", self.retry)
         router.add_post(base + "/pipelines/{pipeline_id:\\d+}/cancel", self.cancel)
         router.add_get("/api/v4/groups/{group}/projects", self.group_projects)
+        router.add_get(base, self.get_project)
 
     def _project(self, request: web.Request) -> dict[str, Any] | None:
         return self.find_project(request.match_info["project"])  # aiohttp decodes group%2Fproject
@@ -336,6 +337,11 @@ class FakeGitLab(FakeProviderAPI):
         project = self._project(request)
         pipeline = self.pipelines.get(int(request.match_info["pipeline_id"]))
         return pipeline if project and pipeline and pipeline["project_id"] == project["id"] else None
+
+    async def get_project(self, request: web.Request) -> web.Response:
+        # https://docs.gitlab.com/ee/api/projects.html#get-a-single-project
+        project = self._project(request)
+        return self.body(request, project) if project else self.error(404, "404 Project Not Found")
 
     async def list_pipelines(self, request: web.Request) -> web.Response:
         project = self._project(request)

@@ -1,0 +1,368 @@
+"""GitHub Actions over the REST API: what the poller reads, and trigger, re-run and cancel.
+
+The pure helpers come first (repository specs, paths, cursors, error wording); the async functions
+after them are thin: every request goes through the core's ProviderClient (rate limits, ETags,
+backoff), every run and job goes to `ctx.emit()` in the payload shape of the webhook events, so that
+normalize() and `flowforged reindex` read polled items exactly as they read webhooks.
+
+How a cycle stays cheap (https://docs.github.com/en/rest/using-the-rest-api/best-practices-for-using-
+the-rest-api#use-conditional-requests-if-appropriate): the first page of each repository's runs is
+asked for with If-None-Match. A 304 means no run on it changed, and it costs nothing of the primary
+rate limit. When it did change, only the runs updated since the cursor are ingested, and only runs
+the store does not already hold in that state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+
+from flowforged.errors import ProviderError
+from flowforged.http import EtagStore, ProviderClient, Response
+from flowforged.model import Status
+from flowforged.plugin import PollContext, Provider, operation_error
+
+DEFAULT_API_URL = "https://api.github.com"
+# https://docs.github.com/en/rest/about-the-rest-api/api-versions and .../media-types
+API_HEADERS = {"Accept": "application/vnd.github+json", "X-GitHub-Api-Version": "2022-11-28"}
+PAGE = 30  # runs on the conditional first page: its body is what a change costs
+MAX_PAGE = 100  # the largest per_page GitHub accepts
+# Runs become visible in the list a little after they are created or change, and runner clocks are
+# not GitHub's: a cycle looks this far behind its cursor. What it sees twice, the store drops.
+SLACK = 120.0
+OWNER_REFRESH = 600.0  # seconds between two listings of an organization's repositories
+OPEN = (Status.PENDING, Status.RUNNING, Status.BLOCKED)
+
+
+# --- pure half ---------------------------------------------------------------------------------
+
+
+# GitHub account names: letters, digits and hyphens; repository names add `.` and `_`.
+_OWNER = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+_REPO = re.compile(rf"{_OWNER}/[A-Za-z0-9._-]+")
+_ORG = re.compile(rf"org:({_OWNER})|({_OWNER})/\*")
+
+
+def parse_repos(entries: list[str]) -> tuple[list[str], list[str]]:
+    """`repos` entries as (repositories, owners): `owner/repo`, or `org:NAME` / `NAME/*` for every
+    repository of an organization (or user). ValueError names an entry that is neither."""
+    repos: list[str] = []
+    owners: list[str] = []
+    for entry in entries:
+        entry = entry.strip()
+        if _REPO.fullmatch(entry):
+            repos.append(entry)
+        elif match := _ORG.fullmatch(entry):
+            owners.append(match.group(1) or match.group(2))
+        else:
+            raise ValueError(f"{entry!r}: expected owner/repo, owner/* or org:NAME")
+    return repos, owners
+
+
+def split_pipeline(pipeline: str) -> tuple[str, str]:
+    """`octo-org/octo-repo/.github/workflows/ci.yml` as (`octo-org/octo-repo`, `.github/workflows/ci.yml`)."""
+    parts = pipeline.split("/", 2)
+    if len(parts) < 3 or not all(parts):
+        raise ProviderError(
+            f"{pipeline!r} is not a GitHub pipeline (owner/repo/workflow path)", status=404, code="not_found"
+        )
+    return f"{parts[0]}/{parts[1]}", parts[2]
+
+
+def workflow_id(path: str) -> str:
+    """What .../workflows/{workflow_id}/dispatches takes: the workflow's id or its file name."""
+    return quote(path.rsplit("/", 1)[-1], safe="")
+
+
+def epoch(value: str) -> float:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
+def iso(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Cursor:
+    """A repository's cursor in poll_state: the newest `updated_at` seen (or how far back the window
+    was looked at), and the creation time of the oldest run on the first page when it was last read:
+    an unfinished run older than that is off the first page, so its changes need a request of its own."""
+
+    seen: str | None = None
+    floor: str | None = None
+
+    @classmethod
+    def load(cls, text: str | None) -> Cursor:
+        if not text:
+            return cls()
+        data = json.loads(text)
+        return cls(data.get("seen"), data.get("floor"))
+
+    def dump(self) -> str:
+        return json.dumps({"seen": self.seen, "floor": self.floor})
+
+
+def newest(*times: str | None) -> str | None:
+    present = [t for t in times if t]
+    return max(present, key=epoch) if present else None
+
+
+def run_payload(run: dict[str, Any], default_branch: str | None = None) -> dict[str, Any]:
+    """A REST run in the shape of a `workflow_run` event. REST runs carry a minimal repository without
+    default_branch: the organization listing supplies it when there is one."""
+    repository = dict(run.get("repository") or {})
+    if default_branch and not repository.get("default_branch"):
+        repository["default_branch"] = default_branch
+    return {"workflow_run": run, "repository": repository}
+
+
+def unique_runs(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One object per run (pages shift while they are read), the latest state of each, oldest first,
+    so that transitions are decided in the order the runs happened."""
+    latest: dict[Any, dict[str, Any]] = {}
+    for run in runs:
+        other = latest.get(run["id"])
+        if other is None or (run.get("run_attempt") or 1, epoch(run["updated_at"])) >= (
+            other.get("run_attempt") or 1,
+            epoch(other["updated_at"]),
+        ):
+            latest[run["id"]] = run
+    return sorted(latest.values(), key=lambda r: (epoch(r["created_at"]), r["id"]))
+
+
+def explain(source: str, error: ProviderError, action: str, subject: str) -> ProviderError:
+    if error.status == 403 and "already running" in str(error).lower():
+        # GitHub answers a re-run of a run in progress with 403 "This workflow is already running".
+        return ProviderError(
+            f"{source}: cannot {action} {subject}: it is still running; cancel it or wait",
+            status=409,
+            code="conflict",
+        )
+    # Fine-grained tokens: "Actions" repository permission, write; classic tokens: the `repo` scope.
+    return operation_error(error, source, action, subject, "the Actions read and write permission")
+
+
+# --- client --------------------------------------------------------------------------------------
+
+
+def make_client(
+    source: str,
+    api_url: str | None,
+    token: str,
+    session: aiohttp.ClientSession,
+    etags: EtagStore,
+    **options: Any,
+) -> ProviderClient:
+    # https://docs.github.com/en/rest/authentication/authenticating-to-the-rest-api: Bearer works for
+    # classic and fine-grained personal access tokens and for GitHub App installation tokens.
+    headers = {**API_HEADERS, **options.pop("headers", {})}
+    return ProviderClient(
+        source,
+        api_url or DEFAULT_API_URL,
+        ("Authorization", f"Bearer {token}"),
+        session,
+        etags,
+        headers=headers,
+        **options,
+    )
+
+
+# --- polling -------------------------------------------------------------------------------------
+
+
+async def targets(client: ProviderClient, ctx: PollContext, entries: list[str]) -> list[str]:
+    repos, owners = parse_repos(entries)
+    found = list(repos)
+    for owner in owners:
+        try:
+            found += await owner_repos(client, ctx, owner)
+        except ProviderError as exc:
+            ctx.error(f"org:{owner}", exc)
+    return list(dict.fromkeys(found))
+
+
+async def owner_repos(client: ProviderClient, ctx: PollContext, owner: str) -> list[str]:
+    """The repositories of an organization (or a user), listed again at most every OWNER_REFRESH."""
+    listings: dict[str, Any] = ctx.memory.setdefault("owners", {})
+    cached = listings.get(owner)
+    if cached is not None and ctx.now - cached["at"] < OWNER_REFRESH:
+        return cached["repos"]
+    # https://docs.github.com/en/rest/repos/repos#list-organization-repositories: newest first, so that
+    # a new repository changes the first page (and its ETag).
+    params = {"per_page": MAX_PAGE, "sort": "created", "direction": "desc"}
+    path = f"/orgs/{quote(owner, safe='')}/repos"
+    try:
+        first = await client.get(path, params=params, conditional=cached is not None)
+    except ProviderError as exc:
+        if exc.status != 404:
+            raise
+        path = f"/users/{quote(owner, safe='')}/repos"  # a user account, not an organization
+        first = await client.get(path, params=params, conditional=cached is not None)
+    if first.not_modified and cached is not None:
+        cached["at"] = ctx.now
+        return cached["repos"]
+    items = list(first.data or [])
+    page = first
+    while "next" in page.links:
+        page = await client.get(page.links["next"])
+        items += page.data or []
+    # Archived repositories run no workflows (https://docs.github.com/en/repositories/archiving-a-github-repository).
+    live = [r for r in items if not r.get("archived")]
+    branches: dict[str, str] = ctx.memory.setdefault("default_branch", {})
+    branches.update({r["full_name"]: r["default_branch"] for r in live if r.get("default_branch")})
+    listings[owner] = {"at": ctx.now, "repos": [r["full_name"] for r in live]}
+    return listings[owner]["repos"]
+
+
+async def poll_repo(provider: Provider, client: ProviderClient, ctx: PollContext, repo: str) -> None:
+    """One repository's cycle: the first page of runs (conditional), more of the window if it holds
+    too few, unfinished runs that left the first page, then each changed run (and the jobs of a failed
+    one) to ingest, oldest first; the cursor last."""
+    key = f"runs:{repo}"
+    cursor = Cursor.load(await ctx.cursor(key))
+    since = ctx.since if cursor.seen is None else max(ctx.since, epoch(cursor.seen) - SLACK)
+    path = f"/repos/{repo}/actions/runs"
+    # https://docs.github.com/en/rest/actions/workflow-runs#list-workflow-runs-for-a-repository
+    params: dict[str, Any] = {"per_page": PAGE, "exclude_pull_requests": True}
+    first = await client.get(path, params=params, conditional=True)
+    if first.not_modified and cursor.seen is None:
+        # An ETag stored without a cursor (the cursor write was lost): the page is needed after all.
+        first = await client.get(path, params=params)
+    runs: list[dict[str, Any]] = []
+    floor = cursor.floor
+    if not first.not_modified:
+        runs = list(first.data.get("workflow_runs") or [])
+        floor = runs[-1]["created_at"] if runs else None
+        if runs and epoch(runs[-1]["created_at"]) >= since and "next" in first.links:
+            runs += await window(client, path, since)
+    runs += await moved_on(client, ctx, repo, {r["id"] for r in runs}, floor)
+    branch = ctx.memory.get("default_branch", {}).get(repo)
+    await ingest_runs(provider, client, ctx, repo, runs, since, branch)
+    seen = newest(cursor.seen, iso(ctx.since), *(r.get("updated_at") for r in runs))
+    updated = Cursor(seen, floor)
+    if updated != cursor:
+        await ctx.set_cursor(key, updated.dump())
+
+
+async def window(client: ProviderClient, path: str, since: float) -> list[dict[str, Any]]:
+    """The runs created since `since`, 100 a page. GitHub answers at most 1000 runs to a filtered
+    list (the `created` parameter is a filter), enough for any backfill window a poller needs."""
+    params = {"per_page": MAX_PAGE, "created": f">={iso(since)}", "exclude_pull_requests": True}
+    runs: list[dict[str, Any]] = []
+    async for page in client.pages(path, params=params):
+        runs += page.data.get("workflow_runs") or []
+    return runs
+
+
+async def moved_on(
+    client: ProviderClient, ctx: PollContext, repo: str, listed: set[Any], floor: str | None
+) -> list[dict[str, Any]]:
+    """Unfinished runs that are no longer on the first page, each read on its own (conditionally: an
+    unchanged run costs a free 304)."""
+    found: list[dict[str, Any]] = []
+    for run in await ctx.open_runs():
+        if not run["pipeline"].startswith(repo + "/") or int(run["run_id"]) in listed:
+            continue
+        if floor is not None and run["created_at"] and epoch(run["created_at"]) >= epoch(floor):
+            continue  # still on the first page, whose 304 said it has not changed
+        try:
+            response = await client.get(f"/repos/{repo}/actions/runs/{run['run_id']}", conditional=True)
+        except ProviderError as exc:
+            if exc.status == 404:
+                continue  # deleted: nothing more will happen to it
+            raise
+        if not response.not_modified:
+            found.append(response.data)
+    return found
+
+
+async def ingest_runs(
+    provider: Provider,
+    client: ProviderClient,
+    ctx: PollContext,
+    repo: str,
+    runs: list[dict[str, Any]],
+    since: float,
+    default_branch: str | None,
+) -> None:
+    fresh = [r for r in unique_runs(runs) if epoch(r["updated_at"]) >= since]
+    states = {r["id"]: state(provider, run_payload(r)) for r in fresh}
+    known = await ctx.known([s[:2] for s in states.values() if s is not None])
+    for run in fresh:
+        current = states[run["id"]]
+        if current is not None and known.get(current[:2]) == current[2:]:
+            continue  # the store holds this state already (a webhook told it, or an earlier cycle)
+        if current is not None and current[2] == Status.FAILED.value:
+            await ingest_jobs(client, ctx, repo, run)  # before the run: a notification names them
+        await ctx.emit("workflow_run", run_payload(run, default_branch))
+
+
+def state(provider: Provider, payload: dict[str, Any]) -> tuple[str, int, str, str] | None:
+    """(run_id, attempt, status, updated_at) as the store will record them; None if the run cannot
+    be normalized (ingest then stores it raw with the error)."""
+    try:
+        [event] = provider.normalize("workflow_run", payload)
+    except Exception:
+        return None
+    return event.run_id, event.attempt, event.status.value, event.updated_at
+
+
+async def ingest_jobs(client: ProviderClient, ctx: PollContext, repo: str, run: dict[str, Any]) -> None:
+    # https://docs.github.com/en/rest/actions/workflow-jobs#list-jobs-for-a-workflow-run-attempt
+    attempt = run.get("run_attempt") or 1
+    path = f"/repos/{repo}/actions/runs/{run['id']}/attempts/{attempt}/jobs"
+    async for page in client.pages(path, params={"per_page": MAX_PAGE}):
+        for job in page.data.get("jobs") or []:
+            await ctx.emit("workflow_job", {"workflow_job": job})
+
+
+# --- operations ----------------------------------------------------------------------------------
+
+
+async def trigger(
+    source: str, client: ProviderClient, pipeline: str, ref: str, inputs: Mapping[str, Any]
+) -> dict[str, Any] | None:
+    """workflow_dispatch (https://docs.github.com/en/rest/actions/workflows#create-a-workflow-dispatch-
+    event). With return_run_details GitHub answers 200 with workflow_run_id, run_url and html_url; an
+    older GitHub Enterprise answers 204 and the run is found by the next poll."""
+    repo, path = split_pipeline(pipeline)
+    body: dict[str, Any] = {"ref": ref, "return_run_details": True}
+    if inputs:
+        body["inputs"] = dict(inputs)
+    url = f"/repos/{repo}/actions/workflows/{workflow_id(path)}/dispatches"
+    response = await _operate(client, source, "POST", url, body, "trigger", f"workflow {pipeline} on {ref}")
+    return response.data if response.status == 200 and isinstance(response.data, dict) else None
+
+
+async def rerun(source: str, client: ProviderClient, run: Mapping[str, Any], failed_only: bool) -> None:
+    """https://docs.github.com/en/rest/actions/workflow-runs#re-run-a-workflow and #re-run-failed-jobs-
+    from-a-workflow-run: 201, a new attempt of the same run id."""
+    repo, _ = split_pipeline(run["pipeline"])
+    action = "rerun-failed-jobs" if failed_only else "rerun"
+    url = f"/repos/{repo}/actions/runs/{run['run_id']}/{action}"
+    await _operate(client, source, "POST", url, None, "re-run", f"run {run['run_id']} of {run['pipeline']}")
+
+
+async def cancel(source: str, client: ProviderClient, run: Mapping[str, Any], force: bool) -> None:
+    """https://docs.github.com/en/rest/actions/workflow-runs#cancel-a-workflow-run (409 once completed)
+    and #force-cancel-a-workflow-run, which also stops what always() conditions keep running."""
+    repo, _ = split_pipeline(run["pipeline"])
+    action = "force-cancel" if force else "cancel"
+    url = f"/repos/{repo}/actions/runs/{run['run_id']}/{action}"
+    await _operate(client, source, "POST", url, None, action, f"run {run['run_id']} of {run['pipeline']}")
+
+
+async def _operate(
+    client: ProviderClient, source: str, method: str, url: str, body: Any, action: str, subject: str
+) -> Response:
+    try:
+        return await client.request(method, url, json=body)
+    except ProviderError as exc:
+        raise explain(source, exc, action, subject) from None
