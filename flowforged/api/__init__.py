@@ -21,8 +21,9 @@ from flowforged.api import actions, reads, stream
 from flowforged.api.base import CONTEXT, OPENAPI_PATH, PREFIX, Context, Operations, middleware
 from flowforged.api.openapi import document
 
-__all__ = ["CONTEXT", "Context", "Operations", "ROUTES", "setup"]
+__all__ = ["API", "CONTEXT", "Context", "Operations", "ROUTES", "setup"]
 
+API = web.AppKey("api_app", web.Application)  # the mounted sub-application
 Handler = Callable[[web.Request], Any]
 ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/sources", reads.sources),
@@ -49,7 +50,11 @@ async def serve_document(request: web.Request) -> web.Response:
 
 
 def setup(app: web.Application, operations: Operations, *, keepalive: float = stream.KEEPALIVE) -> None:
-    """Add the API's routes and middleware to the daemon's application (after CONFIG, STORE and BUS)."""
+    """Mount the API on the daemon's application (after CONFIG, STORE and BUS are set).
+
+    It is a sub-application: its middleware (token, JSON errors) sees only /api/v1 requests, never the
+    webhooks.
+    """
     # Imported here: flowforged.app imports this module to wire it.
     from flowforged.app import BUS, CONFIG, DISPATCHER, STORE
 
@@ -58,11 +63,22 @@ def setup(app: web.Application, operations: Operations, *, keepalive: float = st
         if dispatcher is not None:
             dispatcher.wake()
 
-    ctx = Context(config=app[CONFIG], store=app[STORE], bus=app[BUS], operations=operations,
-                  wake_dispatcher=wake_dispatcher, keepalive=keepalive)
-    app[CONTEXT] = ctx
-    app.middlewares.append(middleware)
-    app.router.add_get(OPENAPI_PATH, serve_document)
+    ctx = Context(
+        config=app[CONFIG],
+        store=app[STORE],
+        bus=app[BUS],
+        operations=operations,
+        wake_dispatcher=wake_dispatcher,
+        keepalive=keepalive,
+    )
+    api = web.Application(middlewares=[middleware])
+    api[CONTEXT] = ctx
+    api.router.add_get(OPENAPI_PATH.removeprefix(PREFIX), serve_document)
     for method, path, handler in ROUTES:
-        app.router.add_route(method, PREFIX + path, handler)
-    app.on_shutdown.append(functools.partial(stream.close_streams, ctx=ctx))
+        if method == "GET":
+            api.router.add_get(path, handler, allow_head=handler is not stream.stream)
+        else:
+            api.router.add_route(method, path, handler)
+    api.on_shutdown.append(functools.partial(stream.close_streams, ctx=ctx))
+    app[API] = api
+    app.add_subapp(PREFIX, api)

@@ -29,6 +29,8 @@ from flowforged.api.reads import cursor_id, find_pipeline, find_run
 from flowforged.store import api as sql
 from flowforged.store import outbox
 
+LATEST = 253402300799.0  # 9999-12-31T23:59:59Z: the last time ISO 8601 (and gmtime) can show
+
 # --- provider operations --------------------------------------------------------------------------
 # Whether a run can be re-run or cancelled is the provider's to say (our copy of its state may lag):
 # its refusal comes back as a ProviderError, 409 for a finished run, 403 for a token without the right.
@@ -45,8 +47,14 @@ async def rerun(request: web.Request) -> web.Response:
     failed_only = body_bool(body, "failed_only")
     run = await find_run(request)
     _configured(request, run["source"])
-    log.info("api: re-run requested", run=run["id"], source=run["source"], pipeline=run["pipeline"],
-             failed_only=failed_only, remote=request.remote)
+    log.info(
+        "api: re-run requested",
+        run=run["id"],
+        source=run["source"],
+        pipeline=run["pipeline"],
+        failed_only=failed_only,
+        remote=request.remote,
+    )
     await context(request).operations.rerun(run, failed_only)
     return web.json_response({"status": "accepted", "action": "rerun", "run": run}, status=202)
 
@@ -57,8 +65,14 @@ async def cancel(request: web.Request) -> web.Response:
     force = body_bool(body, "force")
     run = await find_run(request)
     _configured(request, run["source"])
-    log.info("api: cancel requested", run=run["id"], source=run["source"], pipeline=run["pipeline"],
-             force=force, remote=request.remote)
+    log.info(
+        "api: cancel requested",
+        run=run["id"],
+        source=run["source"],
+        pipeline=run["pipeline"],
+        force=force,
+        remote=request.remote,
+    )
     await context(request).operations.cancel(run, force)
     return web.json_response({"status": "accepted", "action": "cancel", "run": run}, status=202)
 
@@ -72,8 +86,14 @@ async def trigger(request: web.Request) -> web.Response:
         raise bad_body("inputs", "expected an object of names to strings, numbers or booleans")
     pipeline = await find_pipeline(request)
     _configured(request, pipeline["source"])
-    log.info("api: trigger requested", source=pipeline["source"], pipeline=pipeline["pipeline"], ref=ref,
-             inputs=sorted(inputs), remote=request.remote)
+    log.info(
+        "api: trigger requested",
+        source=pipeline["source"],
+        pipeline=pipeline["pipeline"],
+        ref=ref,
+        inputs=sorted(inputs),
+        remote=request.remote,
+    )
     run = await context(request).operations.trigger(pipeline["source"], pipeline["pipeline"], ref, inputs)
     return web.json_response({"status": "accepted", "action": "trigger", "run": run}, status=202)
 
@@ -90,7 +110,8 @@ async def notifications(request: web.Request) -> web.Response:
     limit = query.limit()
     state, before = query.choice("state", outbox.STATES), cursor_id(query, "notifications")
     rows = await context(request).store.read(
-        lambda conn: outbox.notifications(conn, state=state, before=before, limit=limit + 1))
+        lambda conn: outbox.notifications(conn, state=state, before=before, limit=limit + 1)
+    )
     items, cursor = page(rows, limit, "notifications")
     return web.json_response({"notifications": [notification_dict(r) for r in items], "next_cursor": cursor})
 
@@ -105,8 +126,11 @@ async def retry(request: web.Request) -> web.Response:
     if row is None:
         raise NotFound(f"no notification {notification_id}")
     if not await ctx.store.write(outbox.retry, notification_id, time.time()):
-        raise Conflict(f"notification {notification_id} is {row['state']}: only dead, suppressed or pending"
-                       " notifications can be retried", code="not_retryable")
+        raise Conflict(
+            f"notification {notification_id} is {row['state']}: only dead, suppressed or pending"
+            " notifications can be retried",
+            code="not_retryable",
+        )
     ctx.wake_dispatcher()
     log.info("api: notification retry requested", notification=notification_id, remote=request.remote)
     row = await ctx.store.read(sql.notification, notification_id)
@@ -142,6 +166,8 @@ def _until(value: str, now: float) -> float:
         until = moment.timestamp()
     if until <= now:
         raise bad_body("until", f"{value!r} is not in the future")
+    if until >= LATEST:
+        raise bad_body("until", f"{value!r} is too far in the future")
     return until
 
 
@@ -153,12 +179,14 @@ async def add_silence(request: web.Request) -> web.Response:
     patterns = {name: body_globs(body, name) for name in ("sources", "pipelines", "branches")}
     comment = body_str(body, "comment", "")
     store = context(request).store
-    silence_id = await store.write(outbox.add_silence, patterns["sources"], patterns["pipelines"],
-                                   patterns["branches"], until, comment, now)
+    silence_id = await store.write(
+        outbox.add_silence, patterns["sources"], patterns["pipelines"], patterns["branches"], until, comment, now
+    )
     log.info("api: silence added", silence=silence_id, until=timestamp(until), remote=request.remote, **patterns)
     row = await store.read(sql.silence, silence_id, now)
-    return web.json_response({"silence": silence_dict(row)}, status=201,
-                             headers={"Location": f"/api/v1/silences/{silence_id}"})
+    return web.json_response(
+        {"silence": silence_dict(row)}, status=201, headers={"Location": f"/api/v1/silences/{silence_id}"}
+    )
 
 
 async def silence(request: web.Request) -> web.Response:

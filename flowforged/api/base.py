@@ -40,9 +40,13 @@ class Operations(Protocol):
         """Start a run; return it (run-object field names, any subset) if the provider tells which it is."""
         ...
 
-    async def rerun(self, run: dict[str, Any], failed_only: bool) -> None: ...
+    async def rerun(self, run: dict[str, Any], failed_only: bool) -> object:
+        """Re-run a run (a run object); what it returns is not used."""
+        ...
 
-    async def cancel(self, run: dict[str, Any], force: bool) -> None: ...
+    async def cancel(self, run: dict[str, Any], force: bool) -> object:
+        """Cancel a run (a run object); what it returns is not used."""
+        ...
 
     def sources_status(self) -> dict[str, dict[str, Any]]:
         """Per source: last_poll_at, last_ok_at, last_error, next_poll_at, rate_limit_remaining,
@@ -125,9 +129,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 @web.middleware
 async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Under /api/v1 only: the bearer token, then JSON errors for everything that can go wrong."""
-    if request.path != PREFIX and not request.path.startswith(PREFIX + "/"):
-        return await handler(request)
+    """The bearer token, then JSON errors for everything that can go wrong."""
     try:
         if request.path != OPENAPI_PATH:
             authenticate(request)
@@ -149,8 +151,12 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
             raise
         # The router's own 404 and 405 (with its Allow header), or a body over the size limit.
         headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
-        code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(exc.status, "http_error")
-        return error_response(exc.status, code, exc.reason or code, headers)
+        code, message = {
+            404: ("not_found", f"no such path: the paths are in {OPENAPI_PATH}"),
+            405: ("method_not_allowed", f"{request.method} is not allowed here (allowed: {headers.get('Allow')})"),
+            413: ("too_large", "the body is over the size limit"),
+        }.get(exc.status, ("http_error", exc.reason))
+        return error_response(exc.status, code, message, headers)
     except Exception:
         # The one place nothing else caught it: logged with its traceback, never sent to the caller.
         log.exception("api request failed", method=request.method, path=request.path)
@@ -165,12 +171,14 @@ def authenticate(request: web.Request) -> None:
     scheme, _, given = request.headers.get("Authorization", "").strip().partition(" ")
     challenge = 'Bearer realm="flowforged"'
     if scheme.lower() != "bearer" or not given.strip():
-        raise Unauthorized("an Authorization: Bearer <token> header is required",
-                           headers={"WWW-Authenticate": challenge})
+        raise Unauthorized(
+            "an Authorization: Bearer <token> header is required", headers={"WWW-Authenticate": challenge}
+        )
     if not hmac.compare_digest(given.strip().encode(), secret.get().encode()):
         log.warning("api request with a wrong token", path=request.path, remote=request.remote)
-        raise Unauthorized("the bearer token is not valid",
-                           headers={"WWW-Authenticate": f'{challenge}, error="invalid_token"'})
+        raise Unauthorized(
+            "the bearer token is not valid", headers={"WWW-Authenticate": f'{challenge}, error="invalid_token"'}
+        )
 
 
 # --- query parameters -----------------------------------------------------------------------------
@@ -204,8 +212,12 @@ class Query:
         if value is None:
             return None
         top = f" to {maximum}" if maximum is not None else " or more"
-        if not value.isascii() or not value.isdigit() or int(value) < minimum or (
-                maximum is not None and int(value) > maximum):
+        if (
+            not value.isascii()
+            or not value.isdigit()
+            or int(value) < minimum
+            or (maximum is not None and int(value) > maximum)
+        ):
             raise bad_parameter(name, f"expected an integer from {minimum}{top}, got {value!r}")
         return int(value)
 

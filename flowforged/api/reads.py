@@ -20,10 +20,14 @@ async def sources(request: web.Request) -> web.Response:
     Query(request)
     ctx = context(request)
     status = ctx.operations.sources_status()
-    return web.json_response({"sources": [
-        source_dict(name, source, status.get(name, {}))
-        for name, source in sorted(ctx.config.source_configs.items())
-    ]})
+    return web.json_response(
+        {
+            "sources": [
+                source_dict(name, source, status.get(name, {}))
+                for name, source in sorted(ctx.config.source_configs.items())
+            ]
+        }
+    )
 
 
 def source_dict(name: str, source: Any, status: dict[str, Any]) -> dict[str, Any]:
@@ -57,8 +61,10 @@ async def pipelines(request: web.Request) -> web.Response:
     query = Query(request, "source", "limit", "cursor")
     limit = query.limit()
     rows = await context(request).store.read(
-        lambda conn: sql.pipelines(conn, source=query.text("source"), after=cursor_id(query, "pipelines"),
-                                   limit=limit + 1))
+        lambda conn: sql.pipelines(
+            conn, source=query.text("source"), after=cursor_id(query, "pipelines"), limit=limit + 1
+        )
+    )
     items, cursor = page(rows, limit, "pipelines")
     return web.json_response({"pipelines": items, "next_cursor": cursor})
 
@@ -79,11 +85,14 @@ async def find_pipeline(request: web.Request) -> dict[str, Any]:
 async def runs(request: web.Request) -> web.Response:
     query = Query(request, "source", "pipeline", "branch", "status", "limit", "cursor")
     limit = query.limit()
-    filters = {"source": query.text("source"), "pipeline": query.text("pipeline"),
-               "branch": query.text("branch"), "status": query.choice("status", STATUSES)}
+    filters = {
+        "source": query.text("source"),
+        "pipeline": query.text("pipeline"),
+        "branch": query.text("branch"),
+        "status": query.choice("status", STATUSES),
+    }
     before = cursor_id(query, "runs")
-    rows = await context(request).store.read(
-        lambda conn: queries.runs(conn, **filters, before=before, limit=limit + 1))
+    rows = await context(request).store.read(lambda conn: queries.runs(conn, **filters, before=before, limit=limit + 1))
     items, cursor = page(rows, limit, "runs")
     return web.json_response({"runs": items, "next_cursor": cursor})
 
@@ -93,8 +102,9 @@ async def run(request: web.Request) -> web.Response:
     found = await find_run(request)
     store = context(request).store
     key = (found["source"], found["run_id"], found["attempt"])
-    return web.json_response({"run": found, "jobs": await store.read(sql.run_jobs, *key),
-                              "events": await store.read(sql.run_events, *key)})
+    return web.json_response(
+        {"run": found, "jobs": await store.read(sql.run_jobs, *key), "events": await store.read(sql.run_events, *key)}
+    )
 
 
 async def find_run(request: web.Request) -> dict[str, Any]:
@@ -120,7 +130,8 @@ async def events(request: web.Request) -> web.Response:
         before, after = (last, None) if kind == "events" else (None, last)
     filters = {"source": query.text("source"), "run_id": query.text("run_id"), "kind": query.choice("kind", KINDS)}
     rows = await context(request).store.read(
-        lambda conn: sql.events(conn, **filters, before=before, after=after, limit=limit + 1))
+        lambda conn: sql.events(conn, **filters, before=before, after=after, limit=limit + 1)
+    )
     items, next_cursor = page(rows, limit, "events" if after is None else "events.after")
     return web.json_response({"events": items, "next_cursor": next_cursor})
 

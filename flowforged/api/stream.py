@@ -32,16 +32,20 @@ async def stream(request: web.Request) -> web.StreamResponse:
     last = _last_event_id(request, query)
     ctx = context(request)
     wanted = _matcher(filters)
-    response = web.StreamResponse(headers={
-        "Content-Type": "text/event-stream",
-        "Cache-Control": "no-cache",
-        "X-Accel-Buffering": "no",  # nginx: do not hold the events back in its buffer
-    })
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no",  # nginx: do not hold the events back in its buffer
+        }
+    )
     with ctx.bus.subscribe() as queue:
         ctx.streams.add(queue)
         try:
-            if last is None:
-                last = await ctx.store.read(sql.last_event_id)  # from now on
+            newest = await ctx.store.read(sql.last_event_id)
+            # No Last-Event-ID: from now on. One beyond the newest (a client of a database since
+            # replaced) must not hide the events to come.
+            last = newest if last is None else min(last, newest)
             await response.prepare(request)
             last = await _replay(ctx, response, filters, last)
             await _follow(ctx, response, queue, filters, wanted, last)
@@ -77,8 +81,14 @@ async def _replay(ctx: Context, response: web.StreamResponse, filters: dict[str,
             return last
 
 
-async def _follow(ctx: Context, response: web.StreamResponse, queue: asyncio.Queue[dict[str, Any]],
-                  filters: dict[str, str | None], wanted: Callable[[dict[str, Any]], bool], last: int) -> None:
+async def _follow(
+    ctx: Context,
+    response: web.StreamResponse,
+    queue: asyncio.Queue[dict[str, Any]],
+    filters: dict[str, str | None],
+    wanted: Callable[[dict[str, Any]], bool],
+    last: int,
+) -> None:
     # Ingest publishes each commit's events in id order (flowforged.ingest.Ingest.commit), so an id at
     # or below `last` has been sent already, by the replay or before.
     while True:

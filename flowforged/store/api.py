@@ -13,15 +13,26 @@ from typing import Any
 
 from flowforged.store import outbox, queries
 
-JOB_FIELDS = ("id", "job_id", "name", "stage", "status", "provider_status", "url", "started_at", "finished_at",
-              "updated_at")
+JOB_FIELDS = (
+    "id",
+    "job_id",
+    "name",
+    "stage",
+    "status",
+    "provider_status",
+    "url",
+    "started_at",
+    "finished_at",
+    "updated_at",
+)
 _PIPELINE_FIELDS = "id, source, pipeline, name, repo, default_branch, first_seen, last_seen"
 # A delivery's origin (webhook or poll) goes with its events; LEFT JOIN: events outlive pruned deliveries.
 _EVENTS = "SELECT e.id, e.data, d.origin FROM events e LEFT JOIN deliveries d ON d.id = e.delivery"
 
 
-def pipelines(conn: sqlite3.Connection, *, source: str | None = None, after: int | None = None,
-              limit: int = 50) -> list[dict[str, Any]]:
+def pipelines(
+    conn: sqlite3.Connection, *, source: str | None = None, after: int | None = None, limit: int = 50
+) -> list[dict[str, Any]]:
     """Oldest first (ids only grow, so a new pipeline lands on the last page), each with its branches."""
     clauses, params = [], []
     if source is not None:
@@ -76,9 +87,16 @@ def run_events(conn: sqlite3.Connection, source: str, run_id: str, attempt: int)
     return [event_dict(row) for row in rows]
 
 
-def events(conn: sqlite3.Connection, *, source: str | None = None, run_id: str | None = None,
-           kind: str | None = None, before: int | None = None, after: int | None = None,
-           limit: int = 50) -> list[dict[str, Any]]:
+def events(
+    conn: sqlite3.Connection,
+    *,
+    source: str | None = None,
+    run_id: str | None = None,
+    kind: str | None = None,
+    before: int | None = None,
+    after: int | None = None,
+    limit: int = 50,
+) -> list[dict[str, Any]]:
     """Newest first below `before`; with `after`, oldest first above it (following the log)."""
     clauses, params = [], []
     for column, value in (("e.source", source), ("e.run_id", run_id), ("e.kind", kind)):
@@ -118,5 +136,4 @@ def notification(conn: sqlite3.Connection, notification_id: int) -> dict[str, An
 
 def silence(conn: sqlite3.Connection, silence_id: int, now: float) -> dict[str, Any] | None:
     """One silence, expired or not, as outbox.silences() shows it (silences are a handful)."""
-    return next((item for item in outbox.silences(conn, now, include_expired=True) if item["id"] == silence_id),
-                None)
+    return next((item for item in outbox.silences(conn, now, include_expired=True) if item["id"] == silence_id), None)
