@@ -27,7 +27,7 @@ from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from flowforged import logs
-from flowforged.errors import ProviderError, RateLimited, StoreUnavailable
+from flowforged.errors import FlowForgeError, RateLimited, StoreUnavailable
 from flowforged.http import OUTCOMES, ProviderClient
 from flowforged.ingest import Ingest
 from flowforged.model import Status, iso
@@ -124,8 +124,8 @@ class Context:
             for target in queue:  # shared by the workers: each target is taken once
                 try:
                     await poll(target)
-                except RateLimited:
-                    raise  # the budget is the source's: the other targets would be refused too
+                except (RateLimited, StoreUnavailable):
+                    raise  # the budget is the source's, the store everyone's: the others would fail too
                 except Exception as exc:
                     self.error(target, exc)
 
@@ -139,7 +139,7 @@ class Context:
     def error(self, target: str, error: BaseException) -> None:
         message = str(error) or type(error).__name__
         self._result.errors.append(f"{target}: {message}")
-        if not isinstance(error, ProviderError):
+        if not isinstance(error, FlowForgeError):
             # Not an answer of the provider: a bug, or a payload of a shape nobody expected.
             log.error("poll target failed", source=self.source, target=target, exc_info=error)
         else:
@@ -152,7 +152,7 @@ class Poller:
         store: Store,
         ingest: Ingest,
         providers: Mapping[str, Provider],
-        session: aiohttp.ClientSession,
+        session: aiohttp.ClientSession | None,
         *,
         clock: Callable[[], float] = time.time,
         concurrency: int = CONCURRENCY,
@@ -184,9 +184,13 @@ class Poller:
 
     # --- life ------------------------------------------------------------------------------------
 
-    async def start(self) -> None:
+    async def start(self, session: aiohttp.ClientSession | None = None) -> None:
         """Make the clients, start the scheduler, and schedule each polled source's first cycle (its
-        backfill) for now. Returns at once: the cycles run in the background."""
+        backfill) for now. Returns at once: the cycles run in the background. `session` is for a
+        Poller made before the app's ClientSession exists (so that the API can hold it from build())."""
+        self.session = session or self.session
+        if self.session is None:
+            raise RuntimeError("the poller needs an aiohttp.ClientSession")
         before = iso(datetime.fromtimestamp(self.clock() - ETAG_MAX_AGE, UTC))
         try:
             pruned = await self.cursors.prune(before)
@@ -273,9 +277,9 @@ class Poller:
                 await self._unfollow(source, now)
             except RateLimited as exc:
                 result.rate_limited = str(exc)
-            except Exception as exc:  # the targets' listing failed: nothing could be polled
+            except Exception as exc:  # the targets could not be listed, or the store cannot commit
                 result.errors.append(str(exc) or type(exc).__name__)
-                if not isinstance(exc, ProviderError):
+                if not isinstance(exc, FlowForgeError):
                     log.error("poll cycle failed", source=source, exc_info=exc)
             finally:
                 result.seconds = time.perf_counter() - started

@@ -24,10 +24,11 @@ from flowforged import app as app_module
 from flowforged import webhooks
 from flowforged.bus import Bus
 from flowforged.errors import ProviderError
-from flowforged.ingest import Ingest
+from flowforged.ingest import Ingest, redecode
 from flowforged.operations import ProviderOperations
 from flowforged.poller import POLLER, Poller
-from flowforged.store import Store
+from flowforged.store import Store, connect, reindex
+from flowforged_plugins.github import api as github_api
 from tests.conftest import GITHUB_SECRET, GITLAB_TOKEN, base_config, make_config
 from tests.fakes.github_api import FakeGitHub
 from tests.fakes.gitlab_api import FakeGitLab
@@ -298,6 +299,25 @@ async def test_a_spent_budget_sends_nothing_until_the_reset(aiohttp_server, db_p
         assert budgets[-1] == ("github", fake.remaining, 5000, float(fake.reset_at))
 
 
+async def test_a_page_read_but_never_ingested_is_read_again(start, github, db_path):
+    """The client keeps an ETag as soon as a page arrives; a cycle cut short before its ingest (a
+    shutdown, a store error) must not make the next 304 hide what that page said."""
+    github.add_repo(REPO)
+    daemon = await start({"github": github_source(github.server, [REPO])})
+    await daemon.first_cycle("github")
+    failed = completed(github, "main", "failure", created=60)
+    client = daemon.poller.clients["github"]
+    params = {"per_page": github_api.PAGE, "exclude_pull_requests": True}
+    assert (await client.get(f"/repos/{REPO}/actions/runs", params=params, conditional=True)).status == 200
+    github.requests.clear()
+    cycle = await daemon.poller.poll_once("github")
+    assert [t["run_id"] for t in cycle.transitions] == [str(failed["id"])]
+    assert [r.status for r in github.requests if r.path.endswith("/runs")] == [304, 200]
+    github.requests.clear()
+    assert (await daemon.poller.poll_once("github")).requests["not_modified"] == 1
+    assert [r.status for r in github.requests] == [304]
+
+
 async def test_an_unfinished_run_pushed_off_the_first_page_is_still_followed(start, github, db_path):
     slow = github.add_run(REPO, CI, branch="main", status="in_progress", created_at=ago(5 * 3600))
     completed(github, "main", "success", created=2 * 3600)
@@ -458,6 +478,17 @@ async def test_gitlab_pipelines_missed_while_stopped_are_found(start, gitlab, db
     jobs = query(db_path, "SELECT name, status FROM jobs WHERE run_id = ?", str(failed["id"]))
     assert jobs == [{"name": "rspec 1/2", "status": "failed"}]
     assert (await daemon.poller.poll_once("gitlab")).events == 0
+    await daemon.client.close()
+    # `flowforged reindex` re-reads polled deliveries as it does webhooks: the same events, no error.
+    providers = app_module.make_providers(daemon.app[app_module.CONFIG])
+    conn = connect(db_path)
+    try:
+        [*steps] = reindex(conn, lambda *a: redecode(providers, *a), "2026-11-27T00:00:00Z")
+    finally:
+        conn.close()
+    assert steps[-1][1:] == (0, 0)  # no new event, no parse error
+    polled = query(db_path, "SELECT DISTINCT event FROM deliveries WHERE origin = 'poll'")
+    assert {row["event"] for row in polled} == {"api:pipeline", "api:job"}
 
 
 async def test_gitlab_group_with_subgroups_and_next_page(start, gitlab, db_path):

@@ -113,16 +113,22 @@ class SqliteEtags:
 
 
 class Cursors:
-    """Cursor get/set through the store (reads on a reader connection, writes through the writer)."""
+    """Cursor get/set through the store (reads on a reader connection, writes through the writer),
+    kept in memory once read: the poller is their only writer, and a quiet cycle over 1000
+    repositories then reads none."""
 
     def __init__(self, store: Any) -> None:
         self.store = store
+        self._cache: dict[tuple[str, str], str | None] = {}
 
     async def get(self, source: str, key: str) -> str | None:
-        return await self.store.read(get_cursor, source, key)
+        if (source, key) not in self._cache:
+            self._cache[(source, key)] = await self.store.read(get_cursor, source, key)
+        return self._cache[(source, key)]
 
     async def set(self, source: str, key: str, cursor: str) -> None:
         await self.store.write(set_cursor, source, key, cursor, utcnow())
+        self._cache[(source, key)] = cursor
 
     async def known(self, source: str, runs: Iterable[tuple[str, int]]) -> dict[tuple[str, int], tuple[str, str]]:
         wanted = list(runs)

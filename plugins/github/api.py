@@ -92,21 +92,39 @@ def iso(seconds: float) -> str:
 @dataclasses.dataclass(frozen=True, slots=True)
 class Cursor:
     """A repository's cursor in poll_state: the newest `updated_at` seen (or how far back the window
-    was looked at), and the creation time of the oldest run on the first page when it was last read:
-    an unfinished run older than that is off the first page, so its changes need a request of its own."""
+    was looked at); the creation time of the oldest run on the first page when it was last read (an
+    unfinished run older than that is off the first page: its changes need a request of its own); and
+    the ETag of the first page whose runs were ingested. The client stores an ETag as soon as a page
+    arrives: a cycle cut short before its ingest (a shutdown, a store error) would otherwise take the
+    next 304 for news already told."""
 
     seen: str | None = None
     floor: str | None = None
+    etag: str | None = None
 
     @classmethod
     def load(cls, text: str | None) -> Cursor:
         if not text:
             return cls()
         data = json.loads(text)
-        return cls(data.get("seen"), data.get("floor"))
+        return cls(data.get("seen"), data.get("floor"), data.get("etag"))
 
     def dump(self) -> str:
-        return json.dumps({"seen": self.seen, "floor": self.floor})
+        return json.dumps({"seen": self.seen, "floor": self.floor, "etag": self.etag})
+
+
+def same_etag(a: str | None, b: str | None) -> bool:
+    """RFC 9110 weak comparison: W/"x" and "x" are the same representation."""
+    return bool(a and b) and a.removeprefix("W/") == b.removeprefix("W/")  # type: ignore[union-attr]
+
+
+def ingested(response: Response, processed: str | None) -> bool:
+    """Whether a 304 names what was ingested. A 304 carries the ETag (RFC 9110 15.4.5); one without
+    is trusted as long as something was ingested."""
+    if processed is None:
+        return False
+    etag = response.headers.get("ETag")
+    return etag is None or same_etag(etag, processed)
 
 
 def newest(*times: str | None) -> str | None:
@@ -232,21 +250,22 @@ async def poll_repo(provider: Provider, client: ProviderClient, ctx: PollContext
     # https://docs.github.com/en/rest/actions/workflow-runs#list-workflow-runs-for-a-repository
     params: dict[str, Any] = {"per_page": PAGE, "exclude_pull_requests": True}
     first = await client.get(path, params=params, conditional=True)
-    if first.not_modified and cursor.seen is None:
-        # An ETag stored without a cursor (the cursor write was lost): the page is needed after all.
+    if first.not_modified and (cursor.seen is None or not ingested(first, cursor.etag)):
+        # Unchanged since the client last read it, but that read was not ingested: read it again.
         first = await client.get(path, params=params)
     runs: list[dict[str, Any]] = []
-    floor = cursor.floor
+    floor, etag = cursor.floor, cursor.etag
     if not first.not_modified:
         runs = list(first.data.get("workflow_runs") or [])
-        floor = runs[-1]["created_at"] if runs else None
+        floor, etag = (runs[-1]["created_at"] if runs else None), first.headers.get("ETag")
         if runs and epoch(runs[-1]["created_at"]) >= since and "next" in first.links:
             runs += await window(client, path, since)
-    runs += await moved_on(client, ctx, repo, {r["id"] for r in runs}, floor)
+    alone, etags = await moved_on(client, ctx, repo, {r["id"] for r in runs}, floor)
     branch = ctx.memory.get("default_branch", {}).get(repo)
-    await ingest_runs(provider, client, ctx, repo, runs, since, branch)
-    seen = newest(cursor.seen, iso(ctx.since), *(r.get("updated_at") for r in runs))
-    updated = Cursor(seen, floor)
+    await ingest_runs(provider, client, ctx, repo, runs + alone, since, branch)
+    ctx.memory.setdefault("run_etags", {}).update(etags)
+    seen = newest(cursor.seen or iso(ctx.since), *(r.get("updated_at") for r in runs + alone))
+    updated = Cursor(seen, floor, etag)
     if updated != cursor:
         await ctx.set_cursor(key, updated.dump())
 
@@ -263,24 +282,33 @@ async def window(client: ProviderClient, path: str, since: float) -> list[dict[s
 
 async def moved_on(
     client: ProviderClient, ctx: PollContext, repo: str, listed: set[Any], floor: str | None
-) -> list[dict[str, Any]]:
-    """Unfinished runs that are no longer on the first page, each read on its own (conditionally: an
-    unchanged run costs a free 304)."""
+) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """Unfinished runs that are no longer on the first page, each read on its own, conditionally (an
+    unchanged run costs a free 304); the runs that changed, and the ETags to remember once they are
+    ingested (in memory: after a restart each is read in full once)."""
+    processed: dict[str, str] = ctx.memory.get("run_etags", {})
     found: list[dict[str, Any]] = []
+    etags: dict[str, str] = {}
     for run in await ctx.open_runs():
-        if not run["pipeline"].startswith(repo + "/") or int(run["run_id"]) in listed:
+        run_id = str(run["run_id"])
+        if not run["pipeline"].startswith(repo + "/") or int(run_id) in listed:
             continue
         if floor is not None and run["created_at"] and epoch(run["created_at"]) >= epoch(floor):
             continue  # still on the first page, whose 304 said it has not changed
+        path = f"/repos/{repo}/actions/runs/{run_id}"
         try:
-            response = await client.get(f"/repos/{repo}/actions/runs/{run['run_id']}", conditional=True)
+            response = await client.get(path, conditional=True)
+            if response.not_modified and not ingested(response, processed.get(run_id)):
+                response = await client.get(path)
         except ProviderError as exc:
             if exc.status == 404:
                 continue  # deleted: nothing more will happen to it
             raise
         if not response.not_modified:
             found.append(response.data)
-    return found
+            if tag := response.headers.get("ETag"):
+                etags[run_id] = tag
+    return found, etags
 
 
 async def ingest_runs(
