@@ -17,14 +17,16 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from flowforged import __version__, logs, webhooks
+from flowforged import __version__, api, logs, webhooks
 from flowforged.bus import Bus
 from flowforged.config import Config
 from flowforged.dispatch import Dispatcher
 from flowforged.ingest import Ingest
 from flowforged.metrics import Metrics
 from flowforged.notify import Planner
+from flowforged.operations import ProviderOperations
 from flowforged.plugin import Provider, Sink, providers, sinks
+from flowforged.poller import POLLER, Poller
 from flowforged.store import Store, outbox, queries
 from flowforged.store.ingest import IngestResult
 from flowforged.systemd import Notifier
@@ -51,7 +53,9 @@ def make_sinks(config: Config) -> dict[str, Sink]:
     return {name: kinds[sink.type](name, sink) for name, sink in config.sink_configs.items()}
 
 
-def build(config: Config) -> web.Application:
+def build(config: Config, *, operations: api.Operations | None = None,
+          sse_keepalive: float = api.stream.KEEPALIVE) -> web.Application:
+    """The daemon's application. `operations` replaces the provider operations (tests of the API)."""
     app = web.Application(client_max_size=config.server.max_body_bytes)
     planner = Planner(config.rules)
     store = Store(config.storage.path, synchronous=config.storage.synchronous.upper(),
@@ -69,10 +73,17 @@ def build(config: Config) -> web.Application:
     app[webhooks.OBSERVERS].append(metrics.webhook)
     ingest.listeners.append(lambda result, source, origin: _count_ingest(metrics, result, source, origin))
     app.router.add_get("/metrics", metrics.handler)
+    poller = Poller(store, ingest, ingest.providers, None)  # the HTTP session is given at start
+    poller.on_request.append(metrics.poll_request)
+    poller.on_budget.append(metrics.rate_limit_remaining)
+    app[POLLER] = poller
+    app[READINESS].append(poller.problem)
+    api.setup(app, operations or ProviderOperations(poller), keepalive=sse_keepalive)
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_http_ctx)
     app.cleanup_ctx.append(_dispatcher_ctx)
     app.cleanup_ctx.append(_retention_ctx)
+    app.cleanup_ctx.append(_poller_ctx)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     return app
@@ -125,6 +136,12 @@ async def _dispatcher_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
     depth.cancel()
     await dispatcher.stop()
+
+
+async def _poller_ctx(app: web.Application) -> AsyncIterator[None]:
+    await app[POLLER].start(app[HTTP])  # returns at once: the first cycle (the backfill) runs in the background
+    yield
+    await app[POLLER].stop()  # before the HTTP session and the store close
 
 
 async def _retention_ctx(app: web.Application) -> AsyncIterator[None]:

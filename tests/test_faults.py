@@ -15,7 +15,7 @@ import uuid
 
 import pytest
 
-from tests.conftest import base_config, github_headers, github_run
+from tests.conftest import github_headers, github_run
 
 pytestmark = pytest.mark.reliability
 

@@ -20,7 +20,6 @@ from flowforged import config as config_module
 from flowforged.errors import ConfigError
 from flowforged.secrets import SecretContext
 from flowforged_plugins import github
-
 from tests.conftest import GITHUB_SECRET, GITLAB_TOKEN, base_config, fixture
 from tests.daemon import DaemonProcess
 

@@ -17,7 +17,6 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from flowforged import app as app_module
@@ -92,17 +91,6 @@ def gitlab_source(server: Any, repos: list[str], **extra: Any) -> dict[str, Any]
     }
 
 
-async def _poller_ctx(app: web.Application) -> Any:
-    # What app.py does once the poller is wired in (see the report of issue 4).
-    ingest = app[webhooks.INGEST]
-    poller = Poller(app[app_module.STORE], ingest, ingest.providers, app[app_module.HTTP])
-    app[POLLER] = poller
-    app[app_module.READINESS].append(poller.problem)
-    await poller.start()
-    yield
-    await poller.stop()
-
-
 class Daemon:
     """The real application on a test server, its poller, and every IngestResult it committed."""
 
@@ -126,8 +114,6 @@ class Daemon:
 def start(aiohttp_client: Callable[..., Any], db_path: Path) -> Callable[..., Any]:
     async def start(sources: dict[str, Any]) -> Daemon:
         app = app_module.build(make_config(base_config(db_path, sources=sources)))
-        if POLLER not in app:  # until app.py wires the poller in
-            app.cleanup_ctx.append(_poller_ctx)
         return Daemon(await aiohttp_client(app))
 
     return start

@@ -15,7 +15,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from flowforged import api as api_module
 from flowforged import app as app_module
 from flowforged.api.openapi import document
 from tests.conftest import (
@@ -219,8 +218,8 @@ class Api:
 
 async def start(aiohttp_client: Callable[..., Any], db_path: Path, **sections: Any) -> Api:
     operations = FakeOperations()
-    application = app_module.build(make_config(base_config(db_path, rules=RULES, **sections)))
-    api_module.setup(application, operations, keepalive=0.2)
+    application = app_module.build(make_config(base_config(db_path, rules=RULES, **sections)),
+                                   operations=operations, sse_keepalive=0.2)
     return Api(await aiohttp_client(application), operations, db_path)
 
 
