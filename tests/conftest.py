@@ -16,7 +16,7 @@ from aiohttp.test_utils import TestClient
 from flowforged import app as app_module
 from flowforged import config, logs
 from flowforged.secrets import SecretContext
-from flowforged_plugins import github
+from flowforged_plugins import github as github_plugin
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(os.environ.get("FLOWFORGE_FIXTURES", ROOT.parent / "shared" / "fixtures"))
@@ -24,6 +24,8 @@ FIXTURES = Path(os.environ.get("FLOWFORGE_FIXTURES", ROOT.parent / "shared" / "f
 GITHUB_SECRET = "gh-webhook-secret-5d1f0c"
 GITLAB_TOKEN = "gl-webhook-token-8a2b77"
 API_TOKEN = "api-token-0c9e3b1f"
+GH_TOKEN = "ghp_poller0test0token0000000000000000001"  # API tokens of the fake providers
+GL_TOKEN = "glpat-poller0test0token01"
 
 
 def fixture(name: str) -> Any:
@@ -45,7 +47,7 @@ def github_run(conclusion: str | None = "success", *, run_id: int = 289782451, a
 def github_headers(body: bytes, event: str = "workflow_run", delivery: str | None = None,
                    secret: str = GITHUB_SECRET) -> dict[str, str]:
     return {"X-GitHub-Event": event, "X-GitHub-Delivery": delivery or str(uuid.uuid4()),
-            "Content-Type": "application/json", "X-Hub-Signature-256": github.sign(secret, body)}
+            "Content-Type": "application/json", "X-Hub-Signature-256": github_plugin.sign(secret, body)}
 
 
 def gitlab_pipeline(status: str = "success", *, pipeline_id: int = 31, ref: str = "master",
@@ -103,3 +105,22 @@ def daemon(aiohttp_client: Callable[..., Any], db_path: Path) -> Callable[..., A
         return await aiohttp_client(app_module.build(cfg))
 
     return start
+
+
+@pytest.fixture
+async def github(aiohttp_server: Callable[..., Any]) -> Any:
+    """The fake GitHub REST API (tests/fakes/github_api.py) on 127.0.0.1; `.server` is its test server."""
+    from tests.fakes.github_api import FakeGitHub
+
+    fake = FakeGitHub(token=GH_TOKEN)
+    fake.server = await aiohttp_server(fake.app)
+    return fake
+
+
+@pytest.fixture
+async def gitlab(aiohttp_server: Callable[..., Any]) -> Any:
+    from tests.fakes.gitlab_api import FakeGitLab
+
+    fake = FakeGitLab(token=GL_TOKEN)
+    fake.server = await aiohttp_server(fake.app)
+    return fake

@@ -28,12 +28,9 @@ from flowforged.operations import ProviderOperations
 from flowforged.poller import POLLER, Poller
 from flowforged.store import Store, connect, reindex
 from flowforged_plugins.github import api as github_api
-from tests.conftest import GITHUB_SECRET, GITLAB_TOKEN, base_config, make_config
+from tests.conftest import GH_TOKEN, GITHUB_SECRET, GITLAB_TOKEN, GL_TOKEN, base_config, make_config
 from tests.fakes.github_api import FakeGitHub
-from tests.fakes.gitlab_api import FakeGitLab
 
-GH_TOKEN = "ghp_poller0test0token0000000000000000001"
-GL_TOKEN = "glpat-poller0test0token01"
 REPO = "octo-org/octo-repo"
 CI = ".github/workflows/ci.yml"
 
@@ -117,20 +114,6 @@ def start(aiohttp_client: Callable[..., Any], db_path: Path) -> Callable[..., An
         return Daemon(await aiohttp_client(app))
 
     return start
-
-
-@pytest.fixture
-async def github(aiohttp_server: Callable[..., Any]) -> Any:
-    fake = FakeGitHub(token=GH_TOKEN)
-    fake.server = await aiohttp_server(fake.app)
-    return fake
-
-
-@pytest.fixture
-async def gitlab(aiohttp_server: Callable[..., Any]) -> Any:
-    fake = FakeGitLab(token=GL_TOKEN)
-    fake.server = await aiohttp_server(fake.app)
-    return fake
 
 
 def ago(seconds: float) -> str:

@@ -7,10 +7,10 @@ import sqlite3
 
 from flowforged import app as app_module
 from flowforged.poller import POLLER
-from tests.conftest import API_TOKEN, GITHUB_SECRET, base_config, make_config
+from tests.conftest import API_TOKEN, GH_TOKEN, GITHUB_SECRET, base_config, make_config
 from tests.fakes.slack import FakeSlack
 from tests.test_notify import until
-from tests.test_poller import CI, GH_TOKEN, REPO, completed, github, github_source  # noqa: F401 - fixture
+from tests.test_poller import CI, REPO, completed, github_source
 
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
 
