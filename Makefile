@@ -29,7 +29,7 @@ lint: $(VENV)/.installed-test
 	$(BIN)/ruff format --check flowforged plugins tests bench
 
 bench: $(VENV)/.installed-test
-	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/all.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

@@ -28,6 +28,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench.figures import figure  # noqa: E402
 from flowforged_plugins.github import sign  # noqa: E402
 
 FIXTURE = Path(os.environ.get("FLOWFORGE_FIXTURES", ROOT.parent / "shared" / "fixtures"))
@@ -133,6 +134,9 @@ def main() -> int:
         print(f"{level:>5}  {base_rps:>10.0f} {base['p50_ms']:>7.2f} {base['p99_ms']:>7.2f}   {mine_rps:>12.0f} "
               f"{mine['p50_ms']:>7.2f} {mine['p99_ms']:>7.2f}   {ratio:>5.2f}  {'>=0.50':>6}"
               f"{'' if ratio >= TARGET else '  MISSED'}")
+        figure(f"ingest deliveries/s, {level} connections", mine_rps, "req/s", base_rps, ">= 0.5x bare",
+               ratio >= TARGET)
+        figure(f"ingest p99, {level} connections", mine["p99_ms"], "ms", base["p99_ms"], None, None)
         if mine["other"] or mine["errors"]:
             print(f"       daemon answered {mine['other']} non-2xx, {mine['errors']} socket errors")
     print(f"acknowledged {acked_total}, stored {stored} deliveries ({events} events: one state of one run, "

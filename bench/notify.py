@@ -29,6 +29,7 @@ from aiohttp import web
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench.figures import figure  # noqa: E402
 from bench.ingest import free_port, wait_http  # noqa: E402
 from flowforged_plugins.github import sign  # noqa: E402
 from tests.conftest import github_run  # noqa: E402
@@ -100,6 +101,8 @@ async def main() -> int:
         ms = [v * 1000 for v in values]
         print(f"{name:<34}{statistics.median(ms):>8.1f}{percentile(ms, 99):>8.1f}{max(ms):>8.1f}")
     p99 = percentile(latencies, 99) * 1000
+    figure("notification latency p99 (202 -> Slack)", p99, "ms", percentile(baseline, 99) * 1000, "< 100 ms",
+           p99 < 100)
     notified = sum(1 for m in slack.messages if not m.get("text", "").startswith("baseline"))
     print(f"target p99 < 100 ms: {'met' if p99 < 100 else 'MISSED'} ({p99:.1f} ms); "
           f"notifications received {notified} of {args.count}")

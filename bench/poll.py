@@ -26,6 +26,7 @@ from aiohttp import web
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench.figures import figure  # noqa: E402
 from flowforged import logs  # noqa: E402
 from flowforged.bus import Bus  # noqa: E402
 from flowforged.http import MemoryEtags, ProviderClient  # noqa: E402
@@ -156,6 +157,13 @@ async def main() -> None:
         for size in (int(s) for s in args.sizes.split(",")):
             results.append((size, await bench(size, args.runs, args.concurrency, Path(tmp))))
     print(table(results))  # noqa: T201 - a benchmark prints its table
+    for size, rows in results:
+        quiet = next(mine for label, mine, _ in rows if label == "quiet")
+        naive = next(theirs for label, _, theirs in rows if label == "quiet")
+        figure(f"poll requests per quiet cycle, {size} repos", quiet["requests"], "requests", naive["requests"],
+               "all conditional", quiet["304"] == quiet["requests"])
+        figure(f"rate-limit budget per quiet cycle, {size} repos", quiet["budget"], "requests", naive["budget"],
+               "0", quiet["budget"] == 0)
 
 
 if __name__ == "__main__":

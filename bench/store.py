@@ -30,6 +30,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench.figures import figure  # noqa: E402
 from bench.ingest import free_port  # noqa: E402
 from flowforged.store import connect  # noqa: E402
 from flowforged.store.schema import migrate  # noqa: E402
@@ -165,6 +166,12 @@ def main() -> int:
         print(f"{name:<26}{ready:>11.2f}{memory:>8.0f}   {floor:<34}{health[0]:>7.2f}{health[1]:>7.2f}")
         for query, (p50, p99, _) in queries.items():
             print(f"{'':<45}{'GET /api/v1/' + query:<34}{p50:>7.2f}{p99:>7.2f}")
+    _, base_ready, base_memory, health, _ = rows[0]
+    figure("RSS idle, empty store", base_memory, "MB", None, "< 150 MB", base_memory < 150)
+    for query, (_, p99, _) in rows[-1][4].items():
+        figure(f"{query} p99 @1M events", p99, "ms", rows[-1][3][1], "< 20 ms", p99 < 20)
+    figure("RSS idle, 1M-event store", rows[-1][2], "MB", base_memory, "< 150 MB", rows[-1][2] < 150)
+    figure("start-up to READY, 1M-event store", rows[-1][1], "s", base_ready, "< 1 s", rows[-1][1] < 1)
     _, ready, memory, _, queries = rows[-1]
     worst = max(p99 for _, p99, _ in queries.values())
     print(f"targets at {made:,} events: runs query p99 < 20 ms: {'met' if worst < 20 else 'MISSED'} ({worst:.1f});"
