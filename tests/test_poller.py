@@ -527,15 +527,17 @@ class Clock:
 class standalone:  # noqa: N801 - used as `async with standalone(...)`
     """A Poller over a real store and a real ingest, without the web app: for tests that set the clock."""
 
-    def __init__(self, config: Any, clock: Clock) -> None:
+    def __init__(self, config: Any, clock: Clock, **client_options: Any) -> None:
         self.config = config
         self.clock = clock
+        self.client_options = client_options
 
     async def __aenter__(self) -> Poller:
         self.store = Store(self.config.storage.path).open()
         self.session = aiohttp.ClientSession()
         ingest = Ingest(self.store, app_module.make_providers(self.config), Bus())
-        self.poller = Poller(self.store, ingest, ingest.providers, self.session, clock=self.clock)
+        self.poller = Poller(self.store, ingest, ingest.providers, self.session, clock=self.clock,
+                             client_options=self.client_options)
         await self.poller.start()
         return self.poller
 
