@@ -13,6 +13,7 @@ or a repr.
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
 import email.utils
 import json as jsonlib
@@ -108,7 +109,14 @@ def parse_budget(headers: Mapping[str, str], now: float) -> Budget | None:
             return None
         remaining = max(limit - observed, 0)
     reset = _int(h.get("RateLimit-Reset"))
-    # The IETF RateLimit draft sends seconds until the reset where GitLab sends an epoch time.
+    # Buildkite sends a second, per-user budget beside the organization's (RateLimit-User-Remaining,
+    # -Limit, -Reset; https://buildkite.com/docs/apis/rest-api/rate-limits): a 429 comes from whichever
+    # runs out first, so the tighter of the two is the one to count.
+    user_remaining = _int(h.get("RateLimit-User-Remaining"))
+    if user_remaining is not None and user_remaining < remaining:
+        limit, remaining = _int(h.get("RateLimit-User-Limit")), user_remaining
+        reset = _int(h.get("RateLimit-User-Reset"))
+    # The IETF RateLimit draft (and Buildkite) send seconds until the reset where GitLab sends an epoch time.
     if reset is not None and reset < 1_000_000_000:
         reset = int(now) + reset
     return Budget(limit=limit, remaining=remaining, reset_at=float(reset) if reset is not None else None)
@@ -215,6 +223,12 @@ def query_items(params: Mapping[str, Any] | None) -> list[tuple[str, str]]:
                 continue
             items.append((key, ("true" if one else "false") if isinstance(one, bool) else str(one)))
     return items
+
+
+def basic_auth(username: str, password: str) -> tuple[str, str]:
+    """The `auth` of a ProviderClient for HTTP Basic authentication (RFC 7617: UTF-8, base64), as
+    Jenkins takes a user name and API token; aiohttp's BasicAuth helper is deprecated."""
+    return "Authorization", "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()
 
 
 def cache_key(url: str, query: list[tuple[str, str]]) -> str:
@@ -366,12 +380,14 @@ class ProviderClient:
         params: Mapping[str, Any] | None = None,
         json: Any = None,
         conditional: bool = False,
+        headers: Mapping[str, str] | None = None,
     ) -> Response:
         """Send one request; raise RateLimited without sending while the budget is spent, and
-        ProviderError for an answer that is an error (after retries, for 5xx and network errors)."""
+        ProviderError for an answer that is an error (after retries, for 5xx and network errors).
+        `headers` are added to this request alone (Jenkins: a CSRF crumb and the session it belongs to)."""
         try:
             response = await self._request(
-                method.upper(), path_or_url, query_items(params), json, conditional
+                method.upper(), path_or_url, query_items(params), json, conditional, headers
             )
         except RateLimited as exc:
             self._counts["rate_limited"] += 1
@@ -416,11 +432,17 @@ class ProviderClient:
     # --- internals ---
 
     async def _request(
-        self, method: str, path_or_url: str, query: list[tuple[str, str]], body: Any, conditional: bool
+        self,
+        method: str,
+        path_or_url: str,
+        query: list[tuple[str, str]],
+        body: Any,
+        conditional: bool,
+        extra: Mapping[str, str] | None = None,
     ) -> Response:
         url = self._resolve(path_or_url)
         key = cache_key(url, query)
-        headers = dict(self._headers)
+        headers = {**self._headers, **(extra or {})}
         conditional = conditional and method == "GET"
         if conditional and (etag := await self.etags.get(self.source, key)):
             headers["If-None-Match"] = etag
@@ -541,7 +563,9 @@ class ProviderClient:
             if status not in REDIRECTS or not location:
                 return status, reply, raw, final_url
             url, query = self._resolve(urljoin(final_url, location)), []
-            if status == 303:
+            # RFC 9110 15.4.2-3: after a POST, a 301 or 302 is followed with a GET, as every user agent
+            # does (Jenkins answers a POST .../stop with 302 to the build's page).
+            if status == 303 or (status in (301, 302) and method == "POST"):
                 method, body = "GET", None
         raise ProviderError(f"{self.source}: too many redirects", status=502, code="provider_error")
 
