@@ -45,7 +45,7 @@ def test_every_problem_is_listed_with_its_key_path(tmp_path):
     found = dict(problems(data))
     assert found["sources.github.webhook_secret"].startswith("missing")
     assert found["sources.gitlab.poll_interval"] == "not a duration: 'soon' (use e.g. 30s, 15m, 4h, 7d)"
-    assert found["sources.other.type"] == "unknown type 'bitbucket' (known: github, gitlab)"
+    assert found["sources.other.type"] == "unknown type 'bitbucket' (known: buildkite, github, gitlab, jenkins)"
     assert found["rules.0.sinks"] == "no sink named 'nope' in sinks"
 
 
