@@ -84,6 +84,9 @@ class Dispatcher:
     async def _worker(self, name: str) -> None:
         while True:
             try:
+                # Cleared before looking, not after waiting: a wake-up that comes while this worker
+                # reads or sends is kept for the next round instead of lost until IDLE_CHECK.
+                self._wake[name].clear()
                 await self.run_once(name)
                 wait = IDLE_CHECK
                 next_due = await self.store.read(outbox.next_due, name)
@@ -92,7 +95,6 @@ class Dispatcher:
                 if wait > 0:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake[name].wait(), wait)
-                self._wake[name].clear()
             except asyncio.CancelledError:
                 raise
             except Exception:
