@@ -72,10 +72,19 @@ class Provider(abc.ABC):
     # A provider without an API (webhooks only) leaves these as they are: the poller skips it and the
     # control API answers that the operation is not supported.
 
+    # The plugin's async half, a module with make_client(source, api_url, token, session, etags,
+    # **options) and targets(client, ctx, repos): what most providers need from the two methods below.
+    api: ClassVar[Any] = None
+
     def make_client(self, session: aiohttp.ClientSession, etags: EtagStore, **options: Any) -> ProviderClient:
         """A client for this source's API: base URL (`api_url` or the provider's default), auth header
         from `token`, the provider's extra headers. `options` go to ProviderClient (clock, headroom)."""
-        raise NotImplementedError(f"{self.type} sources have no API client")
+        if self.api is None:
+            raise NotImplementedError(f"{self.type} sources have no API client")
+        if self.config.token is None:
+            raise NotImplementedError(f"source {self.name} has no API token")
+        return self.api.make_client(self.name, self.config.api_url, self.config.token.get(), session, etags,
+                                    **options)
 
     async def poll(self, client: ProviderClient, ctx: PollContext) -> None:
         """One poll cycle: find what changed since the cursors in `ctx` and hand each run or job to
@@ -85,7 +94,9 @@ class Provider(abc.ABC):
 
     async def poll_targets(self, client: ProviderClient, ctx: PollContext) -> list[str]:
         """What one cycle looks at (repositories, projects), with organizations and groups expanded."""
-        raise NotImplementedError(f"{self.type} sources cannot be polled")
+        if self.api is None:
+            raise NotImplementedError(f"{self.type} sources cannot be polled")
+        return await self.api.targets(client, ctx, self.config.repos)
 
     async def poll_target(self, client: ProviderClient, ctx: PollContext, target: str) -> None:
         raise NotImplementedError(f"{self.type} sources cannot be polled")

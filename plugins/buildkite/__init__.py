@@ -199,6 +199,7 @@ class BuildkiteSourceConfig(SourceConfig):
 
 class BuildkiteProvider(Provider):
     type = "buildkite"
+    api = api
     config_model = BuildkiteSourceConfig
     # Never X-Buildkite-Token: it is the secret itself.
     stored_headers = ("X-Buildkite-Event", "X-Buildkite-Signature", "Content-Type", "User-Agent")
@@ -239,12 +240,6 @@ class BuildkiteProvider(Provider):
         return []  # ping, agent.*, ...
 
     # --- async half (api.py) -----------------------------------------------------------------------
-    def make_client(self, session: aiohttp.ClientSession, etags: EtagStore, **options: Any) -> ProviderClient:
-        if self.config.token is None:
-            raise NotImplementedError(f"source {self.name} has no API token")
-        token = self.config.token.get()
-        return api.make_client(self.name, self.config.api_url, token, session, etags, **options)
-
     async def poll_targets(self, client: ProviderClient, ctx: PollContext) -> list[str]:
         return api.targets(self.config.repos)
 

@@ -127,6 +127,7 @@ class GitHubSourceConfig(SourceConfig):
 
 class GitHubProvider(Provider):
     type = "github"
+    api = api
     config_model = GitHubSourceConfig
     stored_headers = ("X-GitHub-Event", "X-GitHub-Delivery", "X-GitHub-Hook-ID", "Content-Type", "User-Agent")
 
@@ -172,15 +173,6 @@ class GitHubProvider(Provider):
         return []
 
     # --- async half (api.py) -----------------------------------------------------------------------
-    def make_client(self, session: aiohttp.ClientSession, etags: EtagStore, **options: Any) -> ProviderClient:
-        if self.config.token is None:
-            raise NotImplementedError(f"source {self.name} has no API token")
-        token = self.config.token.get()
-        return api.make_client(self.name, self.config.api_url, token, session, etags, **options)
-
-    async def poll_targets(self, client: ProviderClient, ctx: PollContext) -> list[str]:
-        return await api.targets(client, ctx, self.config.repos)
-
     async def poll_target(self, client: ProviderClient, ctx: PollContext, target: str) -> None:
         await api.poll_repo(self, client, ctx, target)
 

@@ -220,6 +220,7 @@ def normalize_api_job(source: str, payload: dict[str, Any]) -> JobEvent:
 
 class GitLabProvider(Provider):
     type = "gitlab"
+    api = api
     config_model = GitLabSourceConfig
     stored_headers = ("X-Gitlab-Event", "X-Gitlab-Event-UUID", "X-Gitlab-Webhook-UUID", "Idempotency-Key",
                       "webhook-id", "webhook-timestamp", "Content-Type", "User-Agent")
@@ -273,15 +274,6 @@ class GitLabProvider(Provider):
         return []
 
     # --- async half (api.py) -----------------------------------------------------------------------
-    def make_client(self, session: aiohttp.ClientSession, etags: EtagStore, **options: Any) -> ProviderClient:
-        if self.config.token is None:
-            raise NotImplementedError(f"source {self.name} has no API token")
-        token = self.config.token.get()
-        return api.make_client(self.name, self.config.api_url, token, session, etags, **options)
-
-    async def poll_targets(self, client: ProviderClient, ctx: PollContext) -> list[str]:
-        return await api.targets(client, ctx, self.config.repos)
-
     async def poll_target(self, client: ProviderClient, ctx: PollContext, target: str) -> None:
         await api.poll_project(self, client, ctx, target)
 

@@ -253,6 +253,7 @@ class JenkinsSourceConfig(SourceConfig):
 
 class JenkinsProvider(Provider):
     type = "jenkins"
+    api = api
     config_model = JenkinsSourceConfig
     # Never Authorization or X-FlowForge-Token: they carry the secret.
     stored_headers = (SIGNATURE_HEADER, "Content-Type", "User-Agent")
@@ -310,9 +311,6 @@ class JenkinsProvider(Provider):
         return api.make_client(
             self.name, config.api_url, config.username, config.token.get(), session, etags, **options
         )
-
-    async def poll_targets(self, client: ProviderClient, ctx: PollContext) -> list[str]:
-        return await api.targets(client, ctx, self.config.repos)
 
     async def poll_target(self, client: ProviderClient, ctx: PollContext, target: str) -> None:
         await api.poll_job(self, client, ctx, target)
