@@ -19,11 +19,9 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-import aiohttp
-
 from flowforged.config import SourceConfig
 from flowforged.errors import WebhookRejected
-from flowforged.http import EtagStore, ProviderClient
+from flowforged.http import ProviderClient
 from flowforged.model import Event, JobEvent, RunEvent, Status, parse_time
 from flowforged.plugin import Headers, PollContext, Provider
 from flowforged.signatures import check_timestamped, same_secret

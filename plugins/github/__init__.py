@@ -10,11 +10,9 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qs
 
-import aiohttp
-
 from flowforged.config import SourceConfig
 from flowforged.errors import NotJSON, ProviderError, WebhookRejected
-from flowforged.http import EtagStore, ProviderClient
+from flowforged.http import ProviderClient
 from flowforged.model import Event, JobEvent, RunEvent, Status, parse_time
 from flowforged.plugin import Headers, PollContext, Provider, decode_json
 from flowforged_plugins.github import api
