@@ -27,7 +27,7 @@ from flowforged.notify import Planner
 from flowforged.operations import ProviderOperations
 from flowforged.plugin import Provider, Sink, providers, sinks
 from flowforged.poller import POLLER, Poller
-from flowforged.store import Store, outbox, queries
+from flowforged.store import Store, outbox, queries, totals
 from flowforged.store.ingest import IngestResult
 from flowforged.systemd import Notifier
 
@@ -100,8 +100,7 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     store = app[STORE]
     await asyncio.to_thread(store.open)  # migrations run here, before the listener is bound
     # Per-pipeline series come back from the store before the daemon says it is ready.
-    horizon = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - app[CONFIG].metrics.stale_after))
-    replayed = app[METRICS].rebuild(await store.read(queries.finished_runs, horizon))
+    replayed = await store.read(totals.rebuild, app[METRICS])
     log.info("metrics rebuilt from the store", runs=replayed)
     yield
     await asyncio.to_thread(store.close)  # after in-flight requests: their commits finish first

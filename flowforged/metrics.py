@@ -3,10 +3,10 @@
 Every series is kept in plain dicts and exposed by one custom collector, for three reasons:
 
 - Per-pipeline series must drop out once a pipeline+branch has not finished a run for
-  `metrics.stale_after`. A collector filters them at scrape time and prunes them from memory, which
-  prometheus_client's Counter and Gauge cannot do without a sweep thread.
-- `rebuild()` replays the store at start: 100,000 runs take 0.15 s here, against 0.75 s through
-  Counter.labels().inc() and Histogram.observe(), which take a lock per call.
+  `metrics.stale_after`. A collector leaves them out at scrape time, which prometheus_client's
+  Counter and Gauge cannot do without a sweep thread.
+- The store keeps the totals the per-pipeline series are made of (BranchTotals, PipelineTotals), and
+  `rebuild()` loads them as they are: prometheus_client's Counter can only be incremented.
 - No `_created` series: with the text format Prometheus ingests each as a gauge of its own, which
   doubles the series of every counter for a value no dashboard uses.
 
@@ -17,20 +17,20 @@ repository's default branch and the patterns in `metrics.branches`, every other 
 and `pipeline` only: a pipeline's duration depends little on the branch, and a branch label would
 double their ~36 series per pipeline.
 
-Counters survive a restart. `rebuild()` replays the terminal runs of the store, so a counter comes
-back with the value it had (runs that finished while the daemon was down follow as polling finds
-them, through `run_finished()`, like any other). A Prometheus counter
-must never go down while the daemon runs on: if it did (say the replay covered only the last
-`stale_after` days while the live value also held older runs), `rate()` and `increase()` would take
-the drop for a reset and count the whole value again, a spike of a week of runs at every restart. So
-the core feeds `rebuild()` every run of the pipelines that are still live, not only their recent runs.
+Counters survive a restart. A Prometheus counter must never go down while the daemon runs on: if it
+did, `rate()` and `increase()` would take the drop for a reset and count the whole value again, a
+spike of a week of runs at every restart. So the counters of a pipeline+branch count every run it
+ever finished, and so do its histograms, whether the daemon was running or not: the ingest
+transaction adds each run that reaches a terminal status to the store's run totals
+(store/totals.py), exactly where the core hands it to `run_finished()`, and `rebuild()` loads those
+totals at start. Start-up reads a row per pipeline and branch, however many runs the store holds.
 
-Per-pipeline counters and histograms drop out with the pipeline's gauges once stale: a pipeline that
-was deleted or renamed would otherwise keep ~40 series forever, and Prometheus handles a series that
-stops (it is marked stale, old samples remain queryable). A pipeline+branch that comes back after
-being stale starts its counters from zero, on the live path (its entry was pruned) and in
-`rebuild()` alike (a gap longer than `stale_after` between two runs resets it), so the value after a
-restart still equals the value before it.
+Per-pipeline series drop out of /metrics once their pipeline+branch (the histograms: their pipeline)
+has finished no run for `stale_after`: a pipeline that was deleted or renamed would otherwise keep
+~40 series forever, and Prometheus handles a series that stops (it is marked stale, old samples
+remain queryable). The entry stays in memory (a few hundred bytes), so that a pipeline+branch that
+comes back carries on from its old values, as it does after a restart, where the totals hold every
+run: its counters never restart from zero, and its status is still that of its latest decisive run.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import functools
+import math
 import re
 import threading
 import time
@@ -96,9 +97,14 @@ _BRANCH_CACHE_SIZE = 10_000
 _STATUS_INDEX = {status: index for index, status in enumerate(RUN_STATUSES)}
 
 Run = Mapping[str, Any]
+# (source, pipeline, branch, status, after, inclusive) -> the finish of the branch's first run of that
+# status after `after` (at it too when inclusive), from the store; see BranchTotals.merge().
+FirstFinished = Callable[[str, str, str, str, float, bool], float | None]
 
 
-class _Histogram:
+class Histogram:
+    """Bucket counts and their sum: of the live series, and of the store's run totals."""
+
     __slots__ = ("bounds", "counts", "sum")
 
     def __init__(self, bounds: tuple[float, ...]):
@@ -112,25 +118,159 @@ class _Histogram:
         self.counts[bisect.bisect_left(self.bounds, value)] += 1
         self.sum += value
 
+    def buckets(self) -> list[tuple[float, int]]:
+        """(upper bound, count) of each bucket that counted something; +Inf is math.inf."""
+        return [(bound, count) for bound, count in zip((*self.bounds, math.inf), self.counts, strict=True) if count]
+
+    def add_buckets(self, buckets: Iterable[tuple[float, int]], total: float) -> None:
+        """Add counts kept by upper bound. Should the buckets change in a release, a count kept under a
+        bound that is gone goes to the bucket that holds that bound: never lost, never counted twice."""
+        for bound, count in buckets:
+            self.counts[bisect.bisect_left(self.bounds, bound)] += count
+        self.sum += total
+
+
+@dataclass(frozen=True, slots=True)
+class Finish:
+    """What a run that reached a terminal status adds to its pipeline's series."""
+
+    status: str
+    finished: float  # Unix time
+    duration: float | None  # None: not observed
+    queue: float | None
+
+    @classmethod
+    def of(cls, run: Run, now: Callable[[], float]) -> Finish:
+        """What `run` adds. Without a finish time from the provider, a run finished when it was last
+        updated, the time the store keeps for it too; `now()` if the run says neither."""
+        status = run["status"]
+        status = getattr(status, "value", status)  # model.Status or its string
+        if status not in _STATUS_INDEX:
+            raise ValueError(f"run of {run.get('pipeline')!r} is not terminal: {status!r}")
+        finished = _timestamp(run.get("finished_at") or run.get("updated_at"))
+        # A cancelled run stops early and a skipped one takes no time: either would drag p50 down.
+        duration = run.get("duration_seconds") if status in DECISIVE else None
+        return cls(status, now() if finished is None else finished, duration, run.get("queue_seconds"))
+
+
+def _order(status: str | None, finished: float) -> tuple[float, bool]:
+    """Where a decisive run sorts: by finish, and a failure after a success of the same second (times
+    are whole seconds). The latest one sets the status whichever arrived first, so that merging the
+    totals of several branches gives what one label fed their runs would."""
+    return finished, status == "failed"
+
+
+@dataclass(slots=True)
+class BranchTotals:
+    """The runs of one pipeline on one branch, added up: the live path keeps them per branch label, the
+    store per branch (store/totals.py), and `Metrics.rebuild()` merges the latter into labels."""
+
+    finished: float  # latest finish of any terminal run
+    counts: list[int] = field(default_factory=lambda: [0] * len(RUN_STATUSES))
+    last_success: float | None = None  # finish of the latest successful run
+    last_failed: float | None = None
+    since: float = 0.0  # finish of the run that moved it into its current status
+
+    @property
+    def status(self) -> str | None:
+        """success or failed: that of the latest decisive run (see `_order`)."""
+        if self.last_failed is not None and (self.last_success is None or self.last_failed >= self.last_success):
+            return "failed"
+        return None if self.last_success is None else "success"
+
+    def last(self, status: str) -> float | None:
+        return self.last_success if status == "success" else self.last_failed
+
+    def add(self, status: str, finished: float) -> None:
+        """Count a run; a decisive one that sorts after the latest decisive one sets the status."""
+        self.counts[_STATUS_INDEX[status]] += 1
+        self.finished = max(self.finished, finished)
+        if status not in DECISIVE:
+            return
+        current = self.status
+        # A run that sorts before the latest decisive one arrived late: it changes nothing.
+        if current is None or (status != current and _order(status, finished) > _order(current, self.last(current))):
+            self.since = finished
+        latest = self.last(status)
+        if latest is None or finished > latest:
+            if status == "success":
+                self.last_success = finished
+            else:
+                self.last_failed = finished
+
+    @classmethod
+    def merge(
+        cls, members: list[tuple[str, BranchTotals]], first: Callable[[str, str, float, bool], float | None]
+    ) -> BranchTotals:
+        """The totals of several branches under one label (`other`), as if one label had been fed their
+        runs in finish order. Counts add up; `since` is the first run of the label's status after its
+        latest run of the other status, on any branch. A branch whose own streak of that status began
+        before that run holds the answer in the middle of its streak: `first(branch, status, after,
+        inclusive)` looks it up in the store.
+        """
+        if len(members) == 1:
+            return members[0][1]
+        every = [totals for _, totals in members]
+        merged = cls(
+            max(totals.finished for totals in every),
+            [sum(counts) for counts in zip(*(totals.counts for totals in every), strict=True)],
+            max((t.last_success for t in every if t.last_success is not None), default=None),
+            max((t.last_failed for t in every if t.last_failed is not None), default=None),
+        )
+        status = merged.status
+        if status is None:
+            return merged
+        other = merged.last("failed" if status == "success" else "success")
+        if other is None:  # never the other status: its first run of this one, on any branch
+            merged.since = min(totals.since for totals in every if totals.status == status)
+            return merged
+        inclusive = status == "failed"  # a failure sorts after a success of the same second
+
+        def after(finished: float) -> bool:
+            return finished > other or (inclusive and finished == other)
+
+        starts = []
+        for branch, totals in members:
+            latest = totals.last(status)
+            if totals.status != status or latest is None or not after(latest):
+                continue  # none of its runs of that status comes after the label's last of the other
+            if after(totals.since):
+                starts.append(totals.since)
+            else:
+                found = first(branch, status, other, inclusive)
+                # Not in the store as such (a re-run changed the run since): its latest run of that status.
+                starts.append(latest if found is None else found)
+        merged.since = min(starts)
+        return merged
+
+
+@dataclass(slots=True)
+class PipelineTotals:
+    """The duration and queue-time histograms of one pipeline, live and in the store."""
+
+    duration: Histogram = field(default_factory=lambda: Histogram(RUN_BUCKETS))
+    queue: Histogram = field(default_factory=lambda: Histogram(QUEUE_BUCKETS))
+
+    def add(self, finish: Finish) -> None:
+        if finish.duration is not None:
+            self.duration.observe(finish.duration)
+        if finish.queue is not None:
+            self.queue.observe(finish.queue)
+
 
 @dataclass(slots=True)
 class _PipelineBranch:
     """What is known of one pipeline on one branch label."""
 
     default: bool  # the repository's default branch: what the "broken" alert watches
-    finished: float  # latest finish of any terminal run
-    counts: list[int] = field(default_factory=lambda: [0] * len(RUN_STATUSES))
-    status: str | None = None  # success or failed, from the latest decisive run
-    status_at: float = float("-inf")  # finish of the run that set it
-    since: float = 0.0  # finish of the run that moved it into that status
+    totals: BranchTotals
 
 
 @dataclass(slots=True)
 class _Pipeline:
-    finished: float
+    finished: float  # latest finish of any terminal run, on any branch
     default_branch: str | None
-    duration: _Histogram = field(default_factory=lambda: _Histogram(RUN_BUCKETS))
-    queue: _Histogram = field(default_factory=lambda: _Histogram(QUEUE_BUCKETS))
+    totals: PipelineTotals = field(default_factory=PipelineTotals)
 
 
 def _timestamp(value: str | float | None) -> float | None:
@@ -173,13 +313,13 @@ class Metrics:
 
         self._webhooks: dict[tuple[str, str, str], int] = {}
         self._webhook_events: dict[str, set[str]] = {}
-        self._webhook_seconds: dict[tuple[str], _Histogram] = {}
+        self._webhook_seconds: dict[tuple[str], Histogram] = {}
         self._polls: dict[tuple[str, str], int] = {}
         self._rate_limits: dict[str, tuple[int, int | None, float | None]] = {}
         self._events: dict[tuple[str, str], int] = {}
         self._notifications: dict[tuple[str, str], int] = {}
         self._outbox: dict[str, int] = {}
-        self._notification_latency = _Histogram(NOTIFICATION_BUCKETS)
+        self._notification_latency = Histogram(NOTIFICATION_BUCKETS)
         self._branches: dict[tuple[str, str, str], _PipelineBranch] = {}
         self._pipelines: dict[tuple[str, str], _Pipeline] = {}
 
@@ -202,7 +342,7 @@ class Metrics:
             self._webhooks[source, event, outcome] += 1
             histogram = self._webhook_seconds.get((source,))
             if histogram is None:
-                histogram = self._webhook_seconds[source,] = _Histogram(WEBHOOK_BUCKETS)
+                histogram = self._webhook_seconds[source,] = Histogram(WEBHOOK_BUCKETS)
             histogram.observe(seconds)
 
     def _event_label(self, source: str, event: str) -> str:
@@ -271,66 +411,56 @@ class Metrics:
     def run_finished(self, run: Run) -> None:
         """A run reached a terminal status; called once per run (the core guarantees it)."""
         with self._lock:
-            self._record(run)
+            finish = Finish.of(run, self._clock)
+            source, pipeline = run["source"], run["pipeline"]
+            entry = self._pipelines.get((source, pipeline))
+            if entry is None:
+                entry = self._pipelines[source, pipeline] = _Pipeline(finish.finished, None)
+            entry.finished = max(entry.finished, finish.finished)
+            if run.get("default_branch"):
+                entry.default_branch = run["default_branch"]
+            entry.totals.add(finish)
 
-    def rebuild(self, runs: Iterable[Run]) -> int:
-        """Replay terminal runs at start, ordered by finished_at, before the listener is ready.
-
-        Feed every terminal run of each pipeline that finished a run within `stale_after`, not only
-        its recent runs: a counter lower than before the restart reads as a reset to Prometheus, which
-        then counts its whole value again (see the module's docstring). Runs of other pipelines may be
-        left out, or fed: they would be pruned at the first scrape. Feed them at the granularity the
-        live path counts (each attempt that reached a terminal status), or the two disagree.
-        Returns the number of runs replayed.
-        """
-        replayed = 0
-        with self._lock:
-            for run in runs:
-                self._record(run)
-                replayed += 1
-        return replayed
-
-    def _record(self, run: Run) -> None:
-        status = run["status"]
-        status = getattr(status, "value", status)  # model.Status or its string
-        index = _STATUS_INDEX.get(status)
-        if index is None:
-            raise ValueError(f"run of {run.get('pipeline')!r} is not terminal: {status!r}")
-        finished = _timestamp(run.get("finished_at"))
-        if finished is None:
-            finished = self._clock()
-        source, pipeline = run["source"], run["pipeline"]
-
-        entry = self._pipelines.get((source, pipeline))
-        if entry is None or finished - entry.finished > self.stale_after:
-            # New, or back after a gap: it starts from zero, as it does once pruned (module docstring).
-            entry = self._pipelines[source, pipeline] = _Pipeline(finished, None)
-        elif finished > entry.finished:
-            entry.finished = finished
-        if run.get("default_branch"):
-            entry.default_branch = run["default_branch"]
-        if status in DECISIVE and run.get("duration_seconds") is not None:
-            # A cancelled run stops early and a skipped one takes no time: either would drag p50 down.
-            entry.duration.observe(run["duration_seconds"])
-        if run.get("queue_seconds") is not None:
-            entry.queue.observe(run["queue_seconds"])
-
-        branch = run.get("branch")
-        label, default = self._branch_label(branch, entry.default_branch)
-        key = (source, pipeline, label)
-        state = self._branches.get(key)
-        if state is None or finished - state.finished > self.stale_after:
-            state = self._branches[key] = _PipelineBranch(default, finished)
-        else:
+            label, default = self._branch_label(run.get("branch"), entry.default_branch)
+            state = self._branches.get((source, pipeline, label))
+            if state is None:
+                state = self._branches[source, pipeline, label] = _PipelineBranch(
+                    default, BranchTotals(finish.finished)
+                )
             state.default = default
-            if finished > state.finished:
-                state.finished = finished
-        state.counts[index] += 1
-        # A run that finished before the one that set the status arrived late: it changes nothing.
-        if status in DECISIVE and finished >= state.status_at:
-            if status != state.status:
-                state.status, state.since = status, finished
-            state.status_at = finished
+            state.totals.add(finish.status, finish.finished)
+
+    def rebuild(
+        self,
+        pipelines: Iterable[tuple[str, str, str | None, PipelineTotals]],
+        branches: Iterable[tuple[str, str, str, BranchTotals]],
+        first_finished: FirstFinished,
+    ) -> int:
+        """Load the store's run totals at start, before the listener is ready (store/totals.py).
+
+        `pipelines`: (source, pipeline, default branch, histograms); `branches`: (source, pipeline,
+        branch or "", totals), one per branch that ever finished a run, stale or not, so that no
+        counter is lower than before the restart (see the module's docstring). Branches that share a
+        label (`other`) are merged, with `first_finished` for what their totals cannot tell (see
+        BranchTotals.merge()). Returns the number of runs the counters hold.
+        """
+        labels: dict[tuple[str, str, str], tuple[bool, list[tuple[str, BranchTotals]]]] = {}
+        counted = 0
+        with self._lock:
+            for source, pipeline, default_branch, histograms in pipelines:
+                self._pipelines[source, pipeline] = _Pipeline(-math.inf, default_branch, histograms)
+            for source, pipeline, branch, totals in branches:
+                entry = self._pipelines.get((source, pipeline))
+                if entry is None:
+                    entry = self._pipelines[source, pipeline] = _Pipeline(-math.inf, None)
+                entry.finished = max(entry.finished, totals.finished)
+                label, default = self._branch_label(branch, entry.default_branch)
+                labels.setdefault((source, pipeline, label), (default, []))[1].append((branch, totals))
+                counted += sum(totals.counts)
+            for (source, pipeline, label), (default, members) in labels.items():
+                merged = BranchTotals.merge(members, functools.partial(first_finished, source, pipeline))
+                self._branches[source, pipeline, label] = _PipelineBranch(default, merged)
+        return counted
 
     def _branch_label(self, branch: str | None, default_branch: str | None) -> tuple[str, bool]:
         """The `branch` label and whether it is the repository's default branch."""
@@ -350,13 +480,6 @@ class Metrics:
             self._branch_cache[branch] = matched
         return (branch if matched else OTHER), False
 
-    def _prune(self, now: float) -> None:
-        horizon = now - self.stale_after
-        for key in [key for key, state in self._branches.items() if state.finished < horizon]:
-            del self._branches[key]
-        for key in [key for key, entry in self._pipelines.items() if entry.finished < horizon]:
-            del self._pipelines[key]
-
     # --- exposition ----------------------------------------------------------------------------
     async def handler(self, request: web.Request) -> web.Response:
         """GET /metrics: the text format, or OpenMetrics when the scraper asks for it (Prometheus does)."""
@@ -369,14 +492,13 @@ class Metrics:
         return response
 
     def families(self) -> list[Metric]:
-        """Every family, with its samples as of now (stale pipelines pruned first)."""
+        """Every family, with its samples as of now (stale pipelines left out)."""
         with self._lock:
-            self._prune(self._clock())
-            specs = list(self._specs())
+            specs = list(self._specs(self._clock() - self.stale_after))
         # Most of a scrape is building samples: outside the lock, so that recording never waits on it.
         return [_family(*spec) for spec in specs]
 
-    def _specs(self) -> Iterator[_Spec]:
+    def _specs(self, horizon: float) -> Iterator[_Spec]:
         """What each family holds, copied: (type, name, help, label names, values by label values)."""
         yield "info", "flowforge_build", "The running flowforged.", ["version"], {(self.version,): 1}
         yield (
@@ -410,7 +532,7 @@ class Metrics:
             ["source", "origin"],
             dict(self._events),
         )
-        yield from self._pipeline_specs()
+        yield from self._pipeline_specs(horizon)
         yield (
             "counter",
             "flowforge_notifications_total",
@@ -433,19 +555,24 @@ class Metrics:
             _copy({(): self._notification_latency}),
         )
 
-    def _pipeline_specs(self) -> Iterator[_Spec]:
+    def _pipeline_specs(self, horizon: float) -> Iterator[_Spec]:
+        """The per-pipeline families, without what finished no run since `horizon` (stale)."""
         finished: dict[tuple[str, ...], float] = {}
         status: dict[tuple[str, ...], float] = {}
         since: dict[tuple[str, ...], float] = {}
         last: dict[tuple[str, ...], float] = {}
         for (source, pipeline, branch), state in self._branches.items():
+            totals = state.totals
+            if totals.finished < horizon:
+                continue
             key = (source, pipeline, branch, "true" if state.default else "false")
-            for name, count in zip(RUN_STATUSES, state.counts, strict=True):
+            for name, count in zip(RUN_STATUSES, totals.counts, strict=True):
                 finished[source, pipeline, branch, name] = count
-            if state.status is not None:
-                status[(*key, state.status)] = 1
-                since[key] = state.since
-            last[key] = state.finished
+            if (current := totals.status) is not None:
+                status[(*key, current)] = 1
+                since[key] = totals.since
+            last[key] = totals.finished
+        pipelines = {key: entry.totals for key, entry in self._pipelines.items() if entry.finished >= horizon}
         labels = ["source", "pipeline", "branch"]
         yield (
             "counter",
@@ -482,14 +609,14 @@ class Metrics:
             "flowforge_pipeline_run_duration_seconds",
             "Duration of pipeline runs that succeeded or failed (cancelled and skipped runs are left out).",
             ["source", "pipeline"],
-            _copy({key: entry.duration for key, entry in self._pipelines.items()}),
+            _copy({key: totals.duration for key, totals in pipelines.items()}),
         )
         yield (
             "histogram",
             "flowforge_pipeline_run_queue_seconds",
             "Time pipeline runs waited between being created and starting.",
             ["source", "pipeline"],
-            _copy({key: entry.queue for key, entry in self._pipelines.items()}),
+            _copy({key: totals.queue for key, totals in pipelines.items()}),
         )
 
 
@@ -504,26 +631,22 @@ _RATE_LIMIT_FAMILIES = (
 )
 
 
-def _copy(histograms: Mapping[tuple[str, ...], _Histogram]) -> dict[tuple[str, ...], _Histogram]:
+def _copy(histograms: Mapping[tuple[str, ...], Histogram]) -> dict[tuple[str, ...], Histogram]:
     copies = {}
     for key, histogram in histograms.items():
-        copy = copies[key] = _Histogram(histogram.bounds)
+        copy = copies[key] = Histogram(histogram.bounds)
         copy.counts, copy.sum = list(histogram.counts), histogram.sum
     return copies
 
 
-def _family(
-    kind: str, name: str, help_text: str, labels: list[str], values: Mapping[tuple[str, ...], Any]
-) -> Metric:
+def _family(kind: str, name: str, help_text: str, labels: list[str], values: Mapping[tuple[str, ...], Any]) -> Metric:
     if kind == "info":
         return InfoMetricFamily(name, help_text, value=dict(zip(labels, next(iter(values)), strict=True)))
     family: CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily
     if kind == "histogram":
         family = HistogramMetricFamily(name, help_text, labels=labels)
     else:
-        family = (CounterMetricFamily if kind == "counter" else GaugeMetricFamily)(
-            name, help_text, labels=labels
-        )
+        family = (CounterMetricFamily if kind == "counter" else GaugeMetricFamily)(name, help_text, labels=labels)
     for key, value in sorted(values.items(), key=lambda item: item[0]):  # the same runs, the same text
         if kind == "histogram":
             cumulative, buckets = 0, []

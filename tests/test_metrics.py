@@ -1,18 +1,27 @@
-"""GET /metrics: names promtool accepts, bounded labels, runs counted once, series that survive a restart."""
+"""GET /metrics: names promtool accepts, bounded labels, runs counted once, series that survive a restart
+(rebuilt from the store's run totals)."""
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import random
 import re
+import sqlite3
 from datetime import UTC, datetime
 
 import pytest
 from aiohttp import web
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
-from flowforged.metrics import MAX_EVENTS_PER_SOURCE, RUN_BUCKETS, RUN_STATUSES, Metrics
-from flowforged.model import iso
+from flowforged.metrics import MAX_EVENTS_PER_SOURCE, RUN_BUCKETS, RUN_STATUSES, Histogram, Metrics
+from flowforged.model import RunEvent, Status, iso
+from flowforged.store import Delivery, totals
+from flowforged.store.ingest import ingest
+from flowforged.store.schema import MIGRATIONS, migrate
 from tests.prom import NOW, everything, github_run, gitlab_run, promtool, samples
 
 DAY = 86400.0
@@ -96,9 +105,7 @@ async def test_handler_serves_the_text_format_and_openmetrics_on_request(aiohttp
     assert 'flowforge_pipeline_status{branch="master"' in body
 
     # What Prometheus asks for first: the OpenMetrics format, which must parse as such.
-    negotiated = await client.get(
-        "/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"}
-    )
+    negotiated = await client.get("/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"})
     assert negotiated.headers["Content-Type"].startswith("application/openmetrics-text")
     parsed = {family.name for family in text_string_to_metric_families(await negotiated.text())}
     assert {"flowforge_pipeline_runs_finished", "flowforge_build"} <= parsed
@@ -109,8 +116,7 @@ def test_a_run_is_counted_once_in_the_counter_and_both_histograms():
     metrics.run_finished(github_run("success"))
 
     counts = {
-        status: sample(metrics, "flowforge_pipeline_runs_finished_total", status=status)
-        for status in RUN_STATUSES
+        status: sample(metrics, "flowforge_pipeline_runs_finished_total", status=status) for status in RUN_STATUSES
     }
     assert counts == {"success": 1, "failed": 0, "cancelled": 0, "skipped": 0}
     assert sample(metrics, "flowforge_pipeline_run_duration_seconds_count", pipeline=GH) == 1
@@ -148,9 +154,7 @@ def test_cancelled_and_skipped_runs_are_counted_but_leave_duration_and_status_al
     assert sample(metrics, "flowforge_pipeline_status", status="failed") == 1
     assert sample(metrics, "flowforge_pipeline_run_duration_seconds_count") == 1
     assert sample(metrics, "flowforge_pipeline_run_queue_seconds_count") == 3
-    assert sample(metrics, "flowforge_pipeline_last_finished_timestamp_seconds") == _at(
-        "2026-11-27T09:00:00Z"
-    )
+    assert sample(metrics, "flowforge_pipeline_last_finished_timestamp_seconds") == _at("2026-11-27T09:00:00Z")
 
 
 def test_status_is_one_series_per_pipeline_and_branch_whose_label_moves():
@@ -187,12 +191,8 @@ def test_a_late_older_run_does_not_overwrite_the_newer_status():
     metrics.run_finished(github_run("success", finished="2026-11-27T09:01:13Z"))
     metrics.run_finished(github_run("failure", finished="2026-11-27T08:30:00Z"))  # arrives late
 
-    assert [_labels(line)["status"] for line in samples(text(metrics), "flowforge_pipeline_status")] == [
-        "success"
-    ]
-    assert sample(metrics, "flowforge_pipeline_last_finished_timestamp_seconds") == _at(
-        "2026-11-27T09:01:13Z"
-    )
+    assert [_labels(line)["status"] for line in samples(text(metrics), "flowforge_pipeline_status")] == ["success"]
+    assert sample(metrics, "flowforge_pipeline_last_finished_timestamp_seconds") == _at("2026-11-27T09:01:13Z")
     assert sample(metrics, "flowforge_pipeline_status_since_timestamp_seconds") == _at("2026-11-27T09:01:13Z")
     assert sample(metrics, "flowforge_pipeline_runs_finished_total", status="failed") == 1  # still counted
 
@@ -252,9 +252,7 @@ def test_event_and_source_labels_stay_bounded_whatever_the_sender_puts_in_header
     assert sources == {"unknown", "github"}
     assert len(events) == MAX_EVENTS_PER_SOURCE + 1 and "other" in events
     assert (
-        sample(
-            metrics, "flowforge_webhook_deliveries_total", source="github", event="other", outcome="rejected"
-        )
+        sample(metrics, "flowforge_webhook_deliveries_total", source="github", event="other", outcome="rejected")
         == 200 + 2 - MAX_EVENTS_PER_SOURCE
     )
     assert sample(metrics, "flowforge_webhook_duration_seconds_count", source="unknown") == 1
@@ -299,25 +297,35 @@ def test_unknown_outcomes_and_non_terminal_runs_are_refused():
         metrics.notification("team-slack", "delivered")
 
 
-def test_pipelines_that_have_not_run_for_stale_after_drop_out_and_come_back_from_zero():
+def test_pipelines_that_have_not_run_for_stale_after_drop_out_and_come_back_with_their_counts():
     clock = [NOW]
-    metrics = Metrics(CollectorRegistry(), stale_after=7 * DAY, clock=lambda: clock[0], process_metrics=False)
-    metrics.run_finished(github_run("failure", finished=iso_at(NOW - DAY)))
-    metrics.run_finished(gitlab_run("success", finished=gitlab_at(NOW - DAY + 60)))
+    metrics = Metrics(
+        CollectorRegistry(), stale_after=7 * DAY, clock=lambda: clock[0], version="1.2.3", process_metrics=False
+    )
+    runs = [
+        github_run("failure", finished=iso_at(NOW - DAY)),
+        gitlab_run("success", finished=gitlab_at(NOW - DAY + 60)),
+    ]
+    for run in runs:
+        metrics.run_finished(run)
 
     clock[0] = NOW + 6 * DAY - 1
     assert sample(metrics, "flowforge_pipeline_status", pipeline=GH) == 1
 
-    metrics.run_finished(gitlab_run("success", finished=gitlab_at(NOW + 6 * DAY)))
+    runs.append(gitlab_run("success", finished=gitlab_at(NOW + 6 * DAY)))
+    metrics.run_finished(runs[-1])
     clock[0] = NOW + 6 * DAY + 1
     per_pipeline = [line for line in samples(text(metrics)) if line.startswith("flowforge_pipeline_")]
     assert per_pipeline and all(_labels(line)["pipeline"] == GL for line in per_pipeline)
 
-    # Back after the gap: a fresh series, not the old count plus one (a restart could not rebuild that).
-    metrics.run_finished(github_run("success", finished=iso_at(NOW + 6 * DAY + 1)))
-    assert sample(metrics, "flowforge_pipeline_runs_finished_total", pipeline=GH, status="failed") == 0
+    # Back after the gap: its counters carry on from where they were, as a restart loads them.
+    runs.append(github_run("success", finished=iso_at(NOW + 6 * DAY + 1)))
+    metrics.run_finished(runs[-1])
+    assert sample(metrics, "flowforge_pipeline_runs_finished_total", pipeline=GH, status="failed") == 1
     assert sample(metrics, "flowforge_pipeline_runs_finished_total", pipeline=GH, status="success") == 1
-    assert sample(metrics, "flowforge_pipeline_run_duration_seconds_count", pipeline=GH) == 1
+    assert sample(metrics, "flowforge_pipeline_run_duration_seconds_count", pipeline=GH) == 2
+    assert sample(metrics, "flowforge_pipeline_status_since_timestamp_seconds", pipeline=GH) == NOW + 6 * DAY + 1
+    assert text(restarted(runs, clock=clock[0])) == text(metrics)
 
 
 def test_rebuild_gives_the_same_exposition_as_the_live_path():
@@ -327,7 +335,7 @@ def test_rebuild_gives_the_same_exposition_as_the_live_path():
         live.run_finished(run)
     rebuilt = new()
 
-    assert rebuilt.rebuild(runs) == len(runs)
+    assert totals.rebuild(stored(runs), rebuilt) == len(runs)
     assert text(rebuilt) == text(live)
     assert samples(text(rebuilt), "flowforge_pipeline_status")
 
@@ -339,18 +347,230 @@ def test_after_a_restart_no_counter_is_lower_than_before_it():
     assert any(later - earlier > 7 * DAY for earlier, later in zip(finishes, finishes[1:], strict=False))
     clock = [finishes[0]]
     live = Metrics(CollectorRegistry(), clock=lambda: clock[0], process_metrics=False)
-    for run in runs:  # the daemon up for 30 days, scraped as the runs come, stale series pruned
+    for run in runs:  # the daemon up for 30 days, scraped as the runs come, stale series left out
         clock[0] = _at(run["finished_at"])
         live.run_finished(run)
         text(live)
     before = _counters(text(live))
 
-    restarted = Metrics(CollectorRegistry(), clock=lambda: clock[0], process_metrics=False)
-    restarted.rebuild(runs)
-    after = _counters(text(restarted))
+    after = _counters(text(restarted(runs, clock=clock[0])))
 
     assert before == after
     assert any(key.startswith("flowforge_pipeline_runs_finished_total") for key in after)
+
+
+def test_branches_under_other_merge_into_the_status_one_label_fed_their_runs_would_have():
+    # feature/a green all along; feature/b breaks at 08:10, then feature/a passes at 08:20 and 08:30:
+    # `other` is green again since 08:20, a run in the middle of feature/a's own streak (looked up).
+    timeline = [
+        ("feature/a", "success", "08:00"),
+        ("feature/a", "success", "08:05"),
+        ("feature/b", "failure", "08:10"),
+        ("feature/a", "success", "08:20"),
+        ("feature/b", "cancelled", "08:25"),
+        ("feature/a", "success", "08:30"),
+    ]
+    runs = [github_run(c, branch=b, finished=f"2026-11-27T{at}:00Z") for b, c, at in timeline]
+    live = new()
+    for run in runs:
+        live.run_finished(run)
+
+    rebuilt = restarted(runs)
+
+    since = "flowforge_pipeline_status_since_timestamp_seconds"
+    assert sample(live, since, branch="other") == _at("2026-11-27T08:20:00Z")
+    assert text(rebuilt) == text(live)
+
+
+def test_a_failure_and_a_success_in_the_same_second_leave_it_failed_whichever_came_first():
+    for order in (("success", "failure"), ("failure", "success")):
+        metrics = new()
+        metrics.run_finished(github_run("success", finished="2026-11-27T08:00:00Z"))
+        for conclusion in order:
+            metrics.run_finished(github_run(conclusion, finished="2026-11-27T09:00:00Z"))
+        assert sample(metrics, "flowforge_pipeline_status", status="failed") == 1, order
+        since = sample(metrics, "flowforge_pipeline_status_since_timestamp_seconds")
+        assert since == _at("2026-11-27T09:00:00Z"), order
+
+
+def test_histogram_buckets_kept_under_a_bound_that_is_gone_count_in_the_bucket_that_holds_it():
+    histogram = Histogram((10, 60))
+    histogram.add_buckets([(30, 2), (60, 1), (math.inf, 4)], 500.0)
+    assert histogram.counts == [0, 3, 4] and histogram.sum == 500.0
+
+
+# --- the run totals of the store against the live path, on random histories ------------------------
+
+BRANCHES = ["master", "release/1", "feature/a", "feature/b", "feature/c", None]  # master: the repositories' default
+OWN_LABEL = {"master", "release/1", None}  # `other` gathers the feature branches
+PIPELINES = [
+    ("github", "octo/app/.github/workflows/ci.yml"),
+    ("github", "octo/lib/.github/workflows/ci.yml"),
+    ("gitlab", "group/project"),
+]
+OPTIONS = {"branches": ["release/*"], "stale_after": 7 * DAY, "version": "1.2.3", "process_metrics": False}
+# 0: two runs in the same second; 8 days: longer than stale_after, the pipeline+branch drops out a while.
+GAPS = [0, 0, 1, 60, 3600, 3 * DAY, 8 * DAY]
+
+
+@st.composite
+def histories(draw: st.DrawFn) -> list[tuple[float, RunEvent]]:
+    """Run events in finish order, a failure after a success of the same second; some with no finish,
+    duration or queue time; some runs end twice (a retry of the same attempt), on branches with a
+    label of their own (under `other`, `since` may come from the runs' rows, which keep only the last
+    end of a run: BranchTotals.merge). Each event comes with the time the store records it."""
+    at, events, ended = NOW - 60 * DAY, [], []
+    for number in range(draw(st.integers(1, 60))):
+        retry = draw(st.sampled_from([None, *ended])) if ended and draw(st.integers(0, 4)) == 0 else None
+        at += draw(st.sampled_from(GAPS[3:] if retry else GAPS))
+        status = draw(st.sampled_from(["success", "failed", *RUN_STATUSES]))
+        if retry is None:
+            source, pipeline = draw(st.sampled_from(PIPELINES))
+            run_id, branch = str(number), draw(st.sampled_from(BRANCHES))
+        else:  # running again, then another end
+            source, pipeline, run_id, branch = retry.source, retry.pipeline, retry.run_id, retry.branch
+            events.append(
+                (at - 1, dataclasses.replace(retry, status=Status.RUNNING, updated_at=iso_at(at - 1), finished_at=None))
+            )
+        started = at - draw(st.sampled_from([5, 45, 700, 5000, 30000]))
+        created = started - draw(st.sampled_from([0, 3, 100, 9000]))
+        event = RunEvent(
+            source=source,
+            pipeline=pipeline,
+            run_id=run_id,
+            attempt=1,
+            status=Status(status),
+            provider_status=status,
+            updated_at=iso_at(at),
+            branch=branch,
+            created_at=iso_at(created) if draw(st.booleans()) else None,
+            started_at=iso_at(started) if draw(st.integers(0, 3)) else None,
+            finished_at=iso_at(at) if draw(st.integers(0, 5)) else None,
+            default_branch=draw(st.sampled_from(["master", None])),
+        )
+        events.append((at, event))
+        if branch in OWN_LABEL and retry is None:
+            ended.append(event)
+    events.sort(key=lambda item: (item[0], item[1].status is Status.FAILED))
+    return events
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    history=histories(),
+    moments=st.lists(st.sampled_from([None, "scrape", "restart"]), min_size=120, max_size=120),  # one an event
+    later=st.sampled_from([0, 0, DAY, 8 * DAY]),
+)
+def test_a_restart_at_any_moment_shows_what_the_live_path_showed(history, moments, later):
+    conn = _database()
+    clock = [NOW]
+    live = Metrics(CollectorRegistry(), clock=lambda: clock[0], **OPTIONS)
+    finished = 0
+    for (at, event), moment in zip(history, moments, strict=False):
+        clock[0] = at
+        conn.execute("BEGIN")
+        delivery = Delivery(event.source, f"{event.run_id}@{at}", "webhook", "run", iso_at(at), {}, b"{}")
+        result = ingest(conn, delivery, [event], iso_at(at))
+        conn.execute("COMMIT")
+        for run in result.finished:  # what app._count_ingest does after the commit
+            live.run_finished(run)
+            finished += 1
+        if moment == "scrape":
+            text(live)
+        elif moment == "restart":
+            _restart_shows(text(live), conn, clock[0], finished)
+    clock[0] += later
+    _restart_shows(text(live), conn, clock[0], finished)
+
+    # A store from before the run totals gets the same ones from its runs at upgrade (a retry, which
+    # leaves one row for two ends, aside).
+    if all(event.status.terminal for _, event in history):
+        tables = _totals(conn)
+        conn.execute("DELETE FROM run_totals")
+        conn.execute("DELETE FROM pipeline_totals")
+        assert totals.backfill(conn) == finished
+        assert _totals(conn) == tables
+
+
+def test_a_store_from_before_the_run_totals_gets_them_at_upgrade():
+    runs = _history(days=30, seed=3)
+    conn = stored(runs)
+    live = new(clock=_at(runs[-1]["finished_at"]))
+    for run in runs:
+        live.run_finished(run)
+    # The store as version 3 left it: runs, no totals.
+    conn.execute("DROP TABLE run_totals")
+    conn.execute("DROP TABLE pipeline_totals")
+    conn.execute("DROP INDEX idx_runs_decisive")
+    conn.execute("PRAGMA user_version = 3")
+
+    assert migrate(conn) == len(MIGRATIONS)
+
+    upgraded = new(clock=_at(runs[-1]["finished_at"]))
+    assert totals.rebuild(conn, upgraded) == len(runs)
+    assert text(upgraded) == text(live)
+
+
+def test_the_first_run_after_a_time_is_one_index_seek():
+    for query in totals._FIRST.values():
+        plan = " ".join(
+            str(row[-1]) for row in _database().execute("EXPLAIN QUERY PLAN " + query, ("s", "p", "b", "t"))
+        )
+        assert plan.startswith("SEARCH runs USING INDEX idx_runs_decisive") and "TEMP B-TREE" not in plan, plan
+
+
+def _restart_shows(exposition: str, conn: sqlite3.Connection, clock: float, finished: int) -> None:
+    rebuilt = Metrics(CollectorRegistry(), clock=lambda: clock, **OPTIONS)
+    assert totals.rebuild(conn, rebuilt) == finished
+    assert text(rebuilt) == exposition
+
+
+def _database() -> sqlite3.Connection:
+    conn = sqlite3.connect(":memory:", isolation_level=None)
+    migrate(conn)
+    return conn
+
+
+def stored(runs: list[dict]) -> sqlite3.Connection:
+    """A store that recorded `runs` as the ingest transaction does: a row each, then their totals."""
+    conn = _database()
+    for number, run in enumerate(runs):
+        conn.execute(
+            "INSERT INTO pipelines (source, pipeline, default_branch) VALUES (?, ?, ?) ON CONFLICT (source, pipeline)"
+            " DO UPDATE SET default_branch = COALESCE(excluded.default_branch, default_branch)",
+            (run["source"], run["pipeline"], run["default_branch"]),
+        )
+        conn.execute(
+            "INSERT INTO runs (source, pipeline, run_id, attempt, branch, status, finished_at, updated_at,"
+            " duration_seconds, queue_seconds) VALUES (?, ?, ?, 1, ?, ?, ?, ?, ?, ?)",
+            (
+                run["source"],
+                run["pipeline"],
+                str(number),
+                run["branch"],
+                run["status"],
+                run["finished_at"],
+                run["finished_at"],
+                run["duration_seconds"],
+                run["queue_seconds"],
+            ),
+        )
+        totals.add(conn, run)
+    return conn
+
+
+def restarted(runs: list[dict], clock: float = NOW) -> Metrics:
+    """A daemon started on a store that recorded `runs`: its metrics, rebuilt."""
+    metrics = new(clock)
+    totals.rebuild(stored(runs), metrics)
+    return metrics
+
+
+def _totals(conn: sqlite3.Connection) -> list[tuple]:
+    return [
+        *conn.execute("SELECT * FROM run_totals ORDER BY source, pipeline, branch"),
+        *conn.execute("SELECT * FROM pipeline_totals ORDER BY source, pipeline"),
+    ]
 
 
 def _history(days: int, seed: int) -> list[dict]:

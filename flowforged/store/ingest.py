@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from flowforged.model import Event, JobEvent, RunEvent, Status, next_transition, seconds_between
+from flowforged.store import totals
 
 # Later runs sort after earlier ones: by creation time, then run id, then attempt (a re-run attempt
 # of a run is later than the run).
@@ -187,6 +188,7 @@ def _apply_run(
     run = {"id": run_row, **values, "default_branch": event.default_branch,
            "pipeline_name": event.pipeline_name}
     result.finished.append(run)
+    totals.add(conn, run)  # what Metrics.run_finished() will count, for rebuild() at the next start
     if event.status.decisive:
         _decide(conn, run, event, now, result, on_transition, notify)
 

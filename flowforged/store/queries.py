@@ -42,20 +42,6 @@ def runs(
     return [run_dict(row) for row in rows]
 
 
-def finished_runs(conn: sqlite3.Connection, horizon: str) -> list[dict[str, Any]]:
-    """Every terminal run of the pipelines that finished a run since `horizon`, oldest first: what
-    the metrics replay at start (all of a live pipeline's runs, so that no counter goes down)."""
-    rows = conn.execute(
-        "SELECT r.source, r.pipeline, r.branch, p.default_branch, r.status, r.finished_at,"
-        " r.duration_seconds, r.queue_seconds FROM runs r JOIN pipelines p USING (source, pipeline)"
-        " WHERE r.status IN ('success', 'failed', 'cancelled', 'skipped') AND r.finished_at IS NOT NULL"
-        " AND (r.source, r.pipeline) IN (SELECT source, pipeline FROM runs WHERE finished_at >= ?)"
-        " ORDER BY r.finished_at, r.id",
-        (horizon,),
-    ).fetchall()
-    return [dict(row) for row in rows]
-
-
 def heartbeat(conn: sqlite3.Connection) -> None:
     """A write that must reach the disk: the readiness probe."""
     conn.execute("INSERT INTO heartbeat (id, at) VALUES (1, strftime('%Y-%m-%dT%H:%M:%fZ'))"

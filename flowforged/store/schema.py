@@ -10,6 +10,7 @@ import sqlite3
 import sqlite_utils
 
 from flowforged import logs
+from flowforged.store import totals
 
 log = logs.get("flowforged.store")
 
@@ -191,7 +192,46 @@ def _v3(db: sqlite_utils.Database) -> None:
     db.execute("CREATE TABLE heartbeat (id INTEGER PRIMARY KEY CHECK (id = 1), at TEXT)")
 
 
-MIGRATIONS = [_v1, _v2, _v3]
+def _v4(db: sqlite_utils.Database) -> None:
+    """Run totals (store/totals.py): /metrics loads them at start instead of replaying every run."""
+    db["run_totals"].create(
+        {
+            "source": str,
+            "pipeline": str,
+            "branch": str,  # '' for runs of no branch (tags)
+            "success": int,  # runs by terminal status
+            "failed": int,
+            "cancelled": int,
+            "skipped": int,
+            "finished_at": float,  # Unix time of the latest finish
+            "last_success_at": float,
+            "last_failed_at": float,
+            "since": float,  # finish of the run that moved it into its current status
+        },
+        pk=("source", "pipeline", "branch"),
+        not_null={"source", "pipeline", "branch", "success", "failed", "cancelled", "skipped", "finished_at"},
+    )
+    db["pipeline_totals"].create(
+        {
+            "source": str,
+            "pipeline": str,
+            "duration": str,  # JSON histograms: {"sum": ..., "buckets": [[upper bound, count], ...]}
+            "queue": str,
+        },
+        pk=("source", "pipeline"),
+        not_null={"source", "pipeline", "duration", "queue"},
+    )
+    # The first success or failure on a branch after a given time (totals.first_finished). A run enters
+    # it once, when it succeeds or fails.
+    db.execute(
+        "CREATE INDEX idx_runs_decisive ON runs (source, pipeline, branch, status, coalesce(finished_at, updated_at))"
+        " WHERE status = 'success' OR status = 'failed'"
+    )
+    if added := totals.backfill(db.conn):
+        log.info("run totals filled from the stored runs", runs=added)
+
+
+MIGRATIONS = [_v1, _v2, _v3, _v4]
 
 
 def migrate(conn: sqlite3.Connection) -> int:
