@@ -47,8 +47,10 @@ def main() -> int:
     print(f"{'bench':<7} {'figure':<46} {'value':>10} {'unit':<8} {'baseline':>10}  {'target':<16} verdict")
     for bench, f in figures:
         verdict = {True: "met", False: "MISSED", None: ""}[f["met"]]
-        print(f"{bench:<7} {f['name']:<46} {fmt(f['value']):>10} {f['unit']:<8} {fmt(f['baseline']):>10}  "
-              f"{f['target'] or '':<16} {verdict}")
+        print(
+            f"{bench:<7} {f['name']:<46} {fmt(f['value']):>10} {f['unit']:<8} {fmt(f['baseline']):>10}  "
+            f"{f['target'] or '':<16} {verdict}"
+        )
     return 0
 
 

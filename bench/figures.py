@@ -1,6 +1,6 @@
 """One line per figure, so that `make bench` (bench/all.py) can gather every benchmark into one table.
 
-    FIGURE {"name": ..., "value": ..., "unit": ..., "baseline": ..., "target": ..., "met": true|false|null}
+FIGURE {"name": ..., "value": ..., "unit": ..., "baseline": ..., "target": ..., "met": true|false|null}
 """
 
 from __future__ import annotations
@@ -11,10 +11,14 @@ from typing import Any
 PREFIX = "FIGURE "
 
 
-def figure(name: str, value: float, unit: str, baseline: float | str | None, target: str | None,
-           met: bool | None) -> None:
-    print(PREFIX + json.dumps({"name": name, "value": value, "unit": unit, "baseline": baseline, "target": target,
-                               "met": met}), flush=True)
+def figure(
+    name: str, value: float, unit: str, baseline: float | str | None, target: str | None, met: bool | None
+) -> None:
+    print(
+        PREFIX
+        + json.dumps({"name": name, "value": value, "unit": unit, "baseline": baseline, "target": target, "met": met}),
+        flush=True,
+    )
 
 
 def parse(output: str) -> list[dict[str, Any]]:

@@ -66,17 +66,30 @@ def wait_port(port: int, timeout: float = 20) -> None:
 
 def wrk(url: str, connections: int, seconds: float, env: dict[str, str]) -> dict[str, float]:
     result = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{int(seconds)}s", "--timeout", "10s",
-         "-s", str(ROOT / "bench" / "wrk_delivery.lua"), url],
-        capture_output=True, text=True, env={**os.environ, **env}, check=True,
+        [
+            "wrk",
+            "-t1",
+            f"-c{connections}",
+            f"-d{int(seconds)}s",
+            "--timeout",
+            "10s",
+            "-s",
+            str(ROOT / "bench" / "wrk_delivery.lua"),
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        check=True,
     )
     line = next(line for line in result.stdout.splitlines() if line.startswith("RESULT "))
     return json.loads(line.removeprefix("RESULT "))
 
 
 def start(args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(args, cwd=ROOT, env={**os.environ, **(env or {})},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen(
+        args, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
 
 
 def main() -> int:
@@ -95,9 +108,12 @@ def main() -> int:
 
     bare_port, daemon_port = free_port(), free_port()
     db = tmp / "flowforge.db"
-    config = {"server": {"listen": f"127.0.0.1:{daemon_port}"}, "storage": {"path": str(db)},
-              "logging": {"level": "warning"},
-              "sources": {"github": {"type": "github", "webhook_secret": SECRET}}}
+    config = {
+        "server": {"listen": f"127.0.0.1:{daemon_port}"},
+        "storage": {"path": str(db)},
+        "logging": {"level": "warning"},
+        "sources": {"github": {"type": "github", "webhook_secret": SECRET}},
+    }
     (tmp / "config.yaml").write_text(yaml.safe_dump(config))
     bare = start([sys.executable, str(ROOT / "bench" / "bare.py"), str(bare_port)])
     daemon = start([sys.executable, "-m", "flowforged", "-c", str(tmp / "config.yaml"), "run"])
@@ -107,10 +123,18 @@ def main() -> int:
         wait_http(f"http://127.0.0.1:{daemon_port}/healthz")
         wait_port(bare_port)
         for level in levels:
-            base = wrk(f"http://127.0.0.1:{bare_port}/hooks/github", level, args.seconds,
-                       {**env, "BENCH_PREFIX": f"bare-{level}"})
-            mine = wrk(f"http://127.0.0.1:{daemon_port}/hooks/github", level, args.seconds,
-                       {**env, "BENCH_PREFIX": f"c{level}"})
+            base = wrk(
+                f"http://127.0.0.1:{bare_port}/hooks/github",
+                level,
+                args.seconds,
+                {**env, "BENCH_PREFIX": f"bare-{level}"},
+            )
+            mine = wrk(
+                f"http://127.0.0.1:{daemon_port}/hooks/github",
+                level,
+                args.seconds,
+                {**env, "BENCH_PREFIX": f"c{level}"},
+            )
             acked_total += mine["acked"]
             rows.append((level, base, mine))
     finally:
@@ -122,25 +146,34 @@ def main() -> int:
     stored = conn.execute("SELECT count(*) FROM deliveries").fetchone()[0]
     events = conn.execute("SELECT count(*) FROM events").fetchone()[0]
 
-    print(f"ingest: {len(body)}-byte signed workflow_run deliveries, wrk -t1, {args.seconds:g} s per level, "
-          f"synchronous=NORMAL WAL")
-    print(f"{'conns':>5}  {'bare req/s':>10} {'p50 ms':>7} {'p99 ms':>7}   {'daemon req/s':>12} {'p50 ms':>7} "
-          f"{'p99 ms':>7}   {'ratio':>5}  {'target':>6}")
+    print(
+        f"ingest: {len(body)}-byte signed workflow_run deliveries, wrk -t1, {args.seconds:g} s per level, "
+        f"synchronous=NORMAL WAL"
+    )
+    print(
+        f"{'conns':>5}  {'bare req/s':>10} {'p50 ms':>7} {'p99 ms':>7}   {'daemon req/s':>12} {'p50 ms':>7} "
+        f"{'p99 ms':>7}   {'ratio':>5}  {'target':>6}"
+    )
     worst = None
     for level, base, mine in rows:
         base_rps, mine_rps = base["requests"] / base["seconds"], mine["requests"] / mine["seconds"]
         ratio = mine_rps / base_rps
         worst = ratio if worst is None else min(worst, ratio)
-        print(f"{level:>5}  {base_rps:>10.0f} {base['p50_ms']:>7.2f} {base['p99_ms']:>7.2f}   {mine_rps:>12.0f} "
-              f"{mine['p50_ms']:>7.2f} {mine['p99_ms']:>7.2f}   {ratio:>5.2f}  {'>=0.50':>6}"
-              f"{'' if ratio >= TARGET else '  MISSED'}")
-        figure(f"ingest deliveries/s, {level} connections", mine_rps, "req/s", base_rps, ">= 0.5x bare",
-               ratio >= TARGET)
+        print(
+            f"{level:>5}  {base_rps:>10.0f} {base['p50_ms']:>7.2f} {base['p99_ms']:>7.2f}   {mine_rps:>12.0f} "
+            f"{mine['p50_ms']:>7.2f} {mine['p99_ms']:>7.2f}   {ratio:>5.2f}  {'>=0.50':>6}"
+            f"{'' if ratio >= TARGET else '  MISSED'}"
+        )
+        figure(
+            f"ingest deliveries/s, {level} connections", mine_rps, "req/s", base_rps, ">= 0.5x bare", ratio >= TARGET
+        )
         figure(f"ingest p99, {level} connections", mine["p99_ms"], "ms", base["p99_ms"], None, None)
         if mine["other"] or mine["errors"]:
             print(f"       daemon answered {mine['other']} non-2xx, {mine['errors']} socket errors")
-    print(f"acknowledged {acked_total}, stored {stored} deliveries ({events} events: one state of one run, "
-          f"deduplicated); daemon exit {code}")
+    print(
+        f"acknowledged {acked_total}, stored {stored} deliveries ({events} events: one state of one run, "
+        f"deduplicated); daemon exit {code}"
+    )
     ok = stored >= acked_total and code == 0
     print("every acknowledged delivery stored: " + ("yes" if ok else "NO"))
     shutil.rmtree(tmp, ignore_errors=True)

@@ -56,14 +56,21 @@ async def main() -> int:
 
     tmp = Path(tempfile.mkdtemp(prefix="flowforge-notify-"))
     port = free_port()
-    config = {"server": {"listen": f"127.0.0.1:{port}"}, "storage": {"path": str(tmp / "flowforge.db")},
-              "logging": {"level": "warning"},
-              "sources": {"github": {"type": "github", "webhook_secret": SECRET}},
-              "sinks": {"team-slack": {"type": "slack", "webhook_url": slack_url}},
-              "rules": [{"name": "main", "branches": ["master"], "on": ["broken", "fixed"], "sinks": ["team-slack"]}]}
+    config = {
+        "server": {"listen": f"127.0.0.1:{port}"},
+        "storage": {"path": str(tmp / "flowforge.db")},
+        "logging": {"level": "warning"},
+        "sources": {"github": {"type": "github", "webhook_secret": SECRET}},
+        "sinks": {"team-slack": {"type": "slack", "webhook_url": slack_url}},
+        "rules": [{"name": "main", "branches": ["master"], "on": ["broken", "fixed"], "sinks": ["team-slack"]}],
+    }
     (tmp / "config.yaml").write_text(yaml.safe_dump(config))
-    daemon = subprocess.Popen([sys.executable, "-m", "flowforged", "-c", str(tmp / "config.yaml"), "run"], cwd=ROOT,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "flowforged", "-c", str(tmp / "config.yaml"), "run"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     latencies: list[float] = []
     baseline: list[float] = []
     try:
@@ -75,12 +82,19 @@ async def main() -> int:
                     await response.read()
                 baseline.append(time.monotonic() - start)
                 seen = len(slack.received)
-                payload = github_run("failure" if n % 2 == 0 else "success", run_id=900_000 + n,
-                                     created_at=f"2026-11-27T{8 + n // 60:02d}:{n % 60:02d}:00Z",
-                                     updated_at=f"2026-11-27T{8 + n // 60:02d}:{n % 60:02d}:30Z")
+                payload = github_run(
+                    "failure" if n % 2 == 0 else "success",
+                    run_id=900_000 + n,
+                    created_at=f"2026-11-27T{8 + n // 60:02d}:{n % 60:02d}:00Z",
+                    updated_at=f"2026-11-27T{8 + n // 60:02d}:{n % 60:02d}:30Z",
+                )
                 body = json.dumps(payload).encode()
-                headers = {"X-GitHub-Event": "workflow_run", "X-GitHub-Delivery": f"notify-{n}",
-                           "Content-Type": "application/json", "X-Hub-Signature-256": sign(SECRET, body)}
+                headers = {
+                    "X-GitHub-Event": "workflow_run",
+                    "X-GitHub-Delivery": f"notify-{n}",
+                    "Content-Type": "application/json",
+                    "X-Hub-Signature-256": sign(SECRET, body),
+                }
                 async with session.post(f"http://127.0.0.1:{port}/hooks/github", data=body, headers=headers) as r:
                     assert r.status == 202, r.status
                     acked = time.monotonic()
@@ -96,16 +110,16 @@ async def main() -> int:
         await runner.cleanup()
     print(f"notification latency: {args.count} transitions (broken/fixed alternating), Slack sink, no group wait")
     print(f"{'':<34}{'p50 ms':>8}{'p99 ms':>8}{'max ms':>8}")
-    for name, values in (("baseline: one POST to fake Slack", baseline),
-                         ("webhook 202 -> Slack received", latencies)):
+    for name, values in (("baseline: one POST to fake Slack", baseline), ("webhook 202 -> Slack received", latencies)):
         ms = [v * 1000 for v in values]
         print(f"{name:<34}{statistics.median(ms):>8.1f}{percentile(ms, 99):>8.1f}{max(ms):>8.1f}")
     p99 = percentile(latencies, 99) * 1000
-    figure("notification latency p99 (202 -> Slack)", p99, "ms", percentile(baseline, 99) * 1000, "< 100 ms",
-           p99 < 100)
+    figure("notification latency p99 (202 -> Slack)", p99, "ms", percentile(baseline, 99) * 1000, "< 100 ms", p99 < 100)
     notified = sum(1 for m in slack.messages if not m.get("text", "").startswith("baseline"))
-    print(f"target p99 < 100 ms: {'met' if p99 < 100 else 'MISSED'} ({p99:.1f} ms); "
-          f"notifications received {notified} of {args.count}")
+    print(
+        f"target p99 < 100 ms: {'met' if p99 < 100 else 'MISSED'} ({p99:.1f} ms); "
+        f"notifications received {notified} of {args.count}"
+    )
     return 0 if notified == args.count else 1
 
 

@@ -160,10 +160,22 @@ async def main() -> None:
     for size, rows in results:
         quiet = next(mine for label, mine, _ in rows if label == "quiet")
         naive = next(theirs for label, _, theirs in rows if label == "quiet")
-        figure(f"poll requests per quiet cycle, {size} repos", quiet["requests"], "requests", naive["requests"],
-               "all conditional", quiet["304"] == quiet["requests"])
-        figure(f"rate-limit budget per quiet cycle, {size} repos", quiet["budget"], "requests", naive["budget"],
-               "0", quiet["budget"] == 0)
+        figure(
+            f"poll requests per quiet cycle, {size} repos",
+            quiet["requests"],
+            "requests",
+            naive["requests"],
+            "all conditional",
+            quiet["304"] == quiet["requests"],
+        )
+        figure(
+            f"rate-limit budget per quiet cycle, {size} repos",
+            quiet["budget"],
+            "requests",
+            naive["budget"],
+            "0",
+            quiet["budget"] == 0,
+        )
 
 
 if __name__ == "__main__":

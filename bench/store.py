@@ -67,26 +67,64 @@ def build(path: Path, events: int) -> tuple[int, float, float]:
         pipeline, branch = rng.choice(pipelines), rng.choice(branches)
         status = rng.choice(STATUSES)
         duration = rng.uniform(30, 1800)
-        batch_runs.append(("github", pipeline, str(10_000_000 + n), 1, n, branch, f"{n:040x}", status,
-                           f"completed/{status}", f"https://github.com/{pipeline}/runs/{n}", iso(created),
-                           iso(created + 5), iso(created + 5 + duration), iso(created + 5 + duration), duration, 5.0))
+        batch_runs.append(
+            (
+                "github",
+                pipeline,
+                str(10_000_000 + n),
+                1,
+                n,
+                branch,
+                f"{n:040x}",
+                status,
+                f"completed/{status}",
+                f"https://github.com/{pipeline}/runs/{n}",
+                iso(created),
+                iso(created + 5),
+                iso(created + 5 + duration),
+                iso(created + 5 + duration),
+                duration,
+                5.0,
+            )
+        )
         for step, state in enumerate(("pending", "running", status)):
             event_id += 1
-            batch_deliveries.append(("github", f"d-{event_id}", "webhook", "workflow_run", iso(created + step), "{}",
-                                     body))
-            batch_events.append((event_id, "github", "run", pipeline, str(10_000_000 + n), 1, state, state,
-                                 iso(created + step), iso(created + step), f"k-{event_id}", "{}"))
+            batch_deliveries.append(
+                ("github", f"d-{event_id}", "webhook", "workflow_run", iso(created + step), "{}", body)
+            )
+            batch_events.append(
+                (
+                    event_id,
+                    "github",
+                    "run",
+                    pipeline,
+                    str(10_000_000 + n),
+                    1,
+                    state,
+                    state,
+                    iso(created + step),
+                    iso(created + step),
+                    f"k-{event_id}",
+                    "{}",
+                )
+            )
         if len(batch_runs) >= 20_000 or n == runs - 1:
             conn.executemany(
                 "INSERT INTO runs (source, pipeline, run_id, attempt, number, branch, sha, status, provider_status,"
                 " url, created_at, started_at, finished_at, updated_at, duration_seconds, queue_seconds)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", batch_runs)
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                batch_runs,
+            )
             conn.executemany(
                 "INSERT INTO deliveries (source, delivery_id, origin, event, received_at, headers, body)"
-                " VALUES (?,?,?,?,?,?,?)", batch_deliveries)
+                " VALUES (?,?,?,?,?,?,?)",
+                batch_deliveries,
+            )
             conn.executemany(
                 "INSERT INTO events (delivery, source, kind, pipeline, run_id, attempt, status, provider_status,"
-                " updated_at, recorded_at, key, data) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", batch_events)
+                " updated_at, recorded_at, key, data) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                batch_events,
+            )
             batch_runs, batch_deliveries, batch_events = [], [], []
     # The runs went in without the ingest transaction, which adds each to the run totals that /metrics
     # is rebuilt from: add them as the upgrade to schema 4 does, once, for a store that has runs.
@@ -100,17 +138,26 @@ def build(path: Path, events: int) -> tuple[int, float, float]:
 
 def start(tmp: Path, db: Path) -> tuple[subprocess.Popen[bytes], int, float]:
     port = free_port()
-    config = {"server": {"listen": f"127.0.0.1:{port}"}, "storage": {"path": str(db)}, "api": {"token": TOKEN},
-              "logging": {"level": "warning"}, "sources": {"github": {"type": "github", "webhook_secret": "s"}}}
+    config = {
+        "server": {"listen": f"127.0.0.1:{port}"},
+        "storage": {"path": str(db)},
+        "api": {"token": TOKEN},
+        "logging": {"level": "warning"},
+        "sources": {"github": {"type": "github", "webhook_secret": "s"}},
+    }
     (tmp / "config.yaml").write_text(yaml.safe_dump(config))
     notify_path = tmp / f"notify-{port}.sock"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(str(notify_path))
     sock.settimeout(60)
     started = time.monotonic()
-    process = subprocess.Popen([sys.executable, "-m", "flowforged", "-c", str(tmp / "config.yaml"), "run"], cwd=ROOT,
-                               env={"NOTIFY_SOCKET": str(notify_path), "PATH": "/usr/bin:/bin"},
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "flowforged", "-c", str(tmp / "config.yaml"), "run"],
+        cwd=ROOT,
+        env={"NOTIFY_SOCKET": str(notify_path), "PATH": "/usr/bin:/bin"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     while b"READY=1" not in sock.recv(4096):
         pass
     ready = time.monotonic() - started
@@ -155,8 +202,10 @@ def main() -> int:
     migrate(conn)
     conn.close()
     made, seconds, filled = build(big, args.events)
-    print(f"store: {made:,} events, {made // 3:,} runs, {big.stat().st_size / 1e6:.0f} MB, built in {seconds:.0f} s"
-          f" (run totals filled from the runs in {filled:.1f} s, as the upgrade to schema 4 does once)")
+    print(
+        f"store: {made:,} events, {made // 3:,} runs, {big.stat().st_size / 1e6:.0f} MB, built in {seconds:.0f} s"
+        f" (run totals filled from the runs in {filled:.1f} s, as the upgrade to schema 4 does once)"
+    )
     rows, counted = [], {}
     for name, db in (("empty store (baseline)", empty), (f"{made:,} events", big)):
         process, port, ready = start(tmp, db)
@@ -168,7 +217,8 @@ def main() -> int:
             counted[name] = counted_runs(base)
             queries = {
                 "runs?source&pipeline&branch": timed(
-                    f"{base}/api/v1/runs?source=github&pipeline=org/repo007/.github/workflows/ci.yml&branch=main", 300),
+                    f"{base}/api/v1/runs?source=github&pipeline=org/repo007/.github/workflows/ci.yml&branch=main", 300
+                ),
                 "runs?status=failed": timed(f"{base}/api/v1/runs?status=failed", 300),
                 "runs?branch=dev&status=cancelled": timed(f"{base}/api/v1/runs?branch=dev&status=cancelled", 300),
             }
@@ -182,8 +232,10 @@ def main() -> int:
         print(f"{name:<26}{ready:>11.2f}{memory:>8.0f}   {floor:<34}{health[0]:>7.2f}{health[1]:>7.2f}")
         for query, (p50, p99, _) in queries.items():
             print(f"{'':<45}{'GET /api/v1/' + query:<34}{p50:>7.2f}{p99:>7.2f}")
-    print(f"runs counted by /metrics once READY (flowforge_pipeline_runs_finished_total): {counted[rows[-1][0]]:,}"
-          f" of {made // 3:,} in the store")
+    print(
+        f"runs counted by /metrics once READY (flowforge_pipeline_runs_finished_total): {counted[rows[-1][0]]:,}"
+        f" of {made // 3:,} in the store"
+    )
     _, base_ready, base_memory, health, _ = rows[0]
     figure("RSS idle, empty store", base_memory, "MB", None, "< 150 MB", base_memory < 150)
     for query, (_, p99, _) in rows[-1][4].items():
@@ -192,9 +244,11 @@ def main() -> int:
     figure("start-up to READY, 1M-event store", rows[-1][1], "s", base_ready, "< 1 s", rows[-1][1] < 1)
     _, ready, memory, _, queries = rows[-1]
     worst = max(p99 for _, p99, _ in queries.values())
-    print(f"targets at {made:,} events: runs query p99 < 20 ms: {'met' if worst < 20 else 'MISSED'} ({worst:.1f});"
-          f" memory < 150 MB: {'met' if memory < 150 else 'MISSED'} ({memory:.0f});"
-          f" start-up < 1 s: {'met' if ready < 1 else 'MISSED'} ({ready:.2f})")
+    print(
+        f"targets at {made:,} events: runs query p99 < 20 ms: {'met' if worst < 20 else 'MISSED'} ({worst:.1f});"
+        f" memory < 150 MB: {'met' if memory < 150 else 'MISSED'} ({memory:.0f});"
+        f" start-up < 1 s: {'met' if ready < 1 else 'MISSED'} ({ready:.2f})"
+    )
     return 0
 
 

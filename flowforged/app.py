@@ -53,13 +53,18 @@ def make_sinks(config: Config) -> dict[str, Sink]:
     return {name: kinds[sink.type](name, sink) for name, sink in config.sink_configs.items()}
 
 
-def build(config: Config, *, operations: api.Operations | None = None,
-          sse_keepalive: float = api.stream.KEEPALIVE) -> web.Application:
+def build(
+    config: Config, *, operations: api.Operations | None = None, sse_keepalive: float = api.stream.KEEPALIVE
+) -> web.Application:
     """The daemon's application. `operations` replaces the provider operations (tests of the API)."""
     app = web.Application(client_max_size=config.server.max_body_bytes)
     planner = Planner(config.rules)
-    store = Store(config.storage.path, synchronous=config.storage.synchronous.upper(),
-                  busy_timeout=config.storage.busy_timeout, on_transition=planner.plan)
+    store = Store(
+        config.storage.path,
+        synchronous=config.storage.synchronous.upper(),
+        busy_timeout=config.storage.busy_timeout,
+        on_transition=planner.plan,
+    )
     bus = Bus()
     ingest = Ingest(store, make_providers(config), bus)
     app[CONFIG] = config
@@ -67,8 +72,12 @@ def build(config: Config, *, operations: api.Operations | None = None,
     app[BUS] = bus
     app[READINESS] = []
     webhooks.setup(app, ingest, config.server.max_body_bytes, config.server.body_timeout)
-    metrics = Metrics(CollectorRegistry(), branches=config.metrics.branches, stale_after=config.metrics.stale_after,
-                      version=__version__)
+    metrics = Metrics(
+        CollectorRegistry(),
+        branches=config.metrics.branches,
+        stale_after=config.metrics.stale_after,
+        version=__version__,
+    )
     app[METRICS] = metrics
     app[webhooks.OBSERVERS].append(metrics.webhook)
     ingest.listeners.append(lambda result, source, origin: _count_ingest(metrics, result, source, origin))
@@ -117,11 +126,18 @@ async def _http_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def _dispatcher_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG].notifications
-    dispatcher = Dispatcher(app[STORE], make_sinks(app[CONFIG]), app[HTTP], max_age=config.max_age,
-                            backoff_base=config.backoff_base, backoff_cap=config.backoff_cap)
+    dispatcher = Dispatcher(
+        app[STORE],
+        make_sinks(app[CONFIG]),
+        app[HTTP],
+        max_age=config.max_age,
+        backoff_base=config.backoff_base,
+        backoff_cap=config.backoff_cap,
+    )
     app[DISPATCHER] = dispatcher
     app[webhooks.INGEST].listeners.append(
-        lambda result, source, origin: dispatcher.wake() if result.transitions else None)
+        lambda result, source, origin: dispatcher.wake() if result.transitions else None
+    )
     metrics = app[METRICS]
 
     def observe(sink: str, outcome: str, latency: float | None) -> None:
@@ -190,8 +206,9 @@ async def readyz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ready"})
 
 
-async def serve(config: Config, notifier: Notifier | None = None,
-                on_ready: Callable[[web.AppRunner], Any] | None = None) -> None:
+async def serve(
+    config: Config, notifier: Notifier | None = None, on_ready: Callable[[web.AppRunner], Any] | None = None
+) -> None:
     """Run the daemon until SIGTERM or SIGINT."""
     notifier = notifier or Notifier()
     sys.setswitchinterval(0.0005)
@@ -203,8 +220,12 @@ async def serve(config: Config, notifier: Notifier | None = None,
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=config.server.shutdown_timeout,
-                           keepalive_timeout=config.server.idle_timeout)
+    runner = web.AppRunner(
+        app,
+        handle_signals=False,
+        shutdown_timeout=config.server.shutdown_timeout,
+        keepalive_timeout=config.server.idle_timeout,
+    )
     await runner.setup()
     site = web.TCPSite(runner, config.server.host, config.server.port)
     try:
@@ -212,8 +233,13 @@ async def serve(config: Config, notifier: Notifier | None = None,
     except OSError as exc:
         await runner.cleanup()
         raise SystemExit(f"cannot listen on {config.server.listen}: {exc.strerror}") from None
-    log.info("flowforged ready", listen=config.server.listen, version=__version__,
-             sources=sorted(app[webhooks.INGEST].providers), database=str(config.storage.path))
+    log.info(
+        "flowforged ready",
+        listen=config.server.listen,
+        version=__version__,
+        sources=sorted(app[webhooks.INGEST].providers),
+        database=str(config.storage.path),
+    )
     notifier.notify("READY=1")
     if on_ready is not None:
         on_ready(runner)

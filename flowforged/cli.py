@@ -36,8 +36,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     cfg = config.load(path, secrets.SecretContext())
     for warning in cfg.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    print(f"{path}: ok ({len(cfg.source_configs)} sources, {len(cfg.sink_configs)} sinks, "
-          f"{len(cfg.rules)} rules)")
+    print(f"{path}: ok ({len(cfg.source_configs)} sources, {len(cfg.sink_configs)} sinks, {len(cfg.rules)} rules)")
     return 0
 
 
@@ -52,8 +51,10 @@ def cmd_secret(args: argparse.Namespace) -> int:
             print("error: empty value; nothing stored", file=sys.stderr)
             return 1
         secrets.set_secret(args.name, value, backend)
-        print(f"stored secret {args.name!r} in keyring service {secrets.KEYRING_SERVICE!r} "
-              f"({type(backend).__module__}.{type(backend).__name__})")
+        print(
+            f"stored secret {args.name!r} in keyring service {secrets.KEYRING_SERVICE!r} "
+            f"({type(backend).__module__}.{type(backend).__name__})"
+        )
         return 0
     if secrets.delete_secret(args.name, backend):
         print(f"deleted secret {args.name!r}")
@@ -71,12 +72,17 @@ def _duration(seconds: float | None) -> str:
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
-    columns = [("ID", lambda r: r["id"]), ("SOURCE", lambda r: r["source"]),
-               ("PIPELINE", lambda r: r["pipeline"]), ("BRANCH", lambda r: r["branch"] or "-"),
-               ("RUN", lambda r: f"{r['run_id']}#{r['attempt']}"), ("STATUS", lambda r: r["status"]),
-               ("TRANSITION", lambda r: r["transition"] or ""),
-               ("FINISHED", lambda r: r["finished_at"] or "-"),
-               ("DURATION", lambda r: _duration(r["duration_seconds"]))]
+    columns = [
+        ("ID", lambda r: r["id"]),
+        ("SOURCE", lambda r: r["source"]),
+        ("PIPELINE", lambda r: r["pipeline"]),
+        ("BRANCH", lambda r: r["branch"] or "-"),
+        ("RUN", lambda r: f"{r['run_id']}#{r['attempt']}"),
+        ("STATUS", lambda r: r["status"]),
+        ("TRANSITION", lambda r: r["transition"] or ""),
+        ("FINISHED", lambda r: r["finished_at"] or "-"),
+        ("DURATION", lambda r: _duration(r["duration_seconds"])),
+    ]
     cells = [[str(get(row)) for _, get in columns] for row in rows]
     widths = [max([len(title)] + [len(c[i]) for c in cells]) for i, (title, _) in enumerate(columns)]
     lines = ["  ".join(title.ljust(w) for (title, _), w in zip(columns, widths, strict=True))]
@@ -95,8 +101,9 @@ def cmd_runs(args: argparse.Namespace) -> int:
         return 1
     conn = connect(cfg.storage.path, readonly=True)
     conn.row_factory = sqlite3.Row
-    rows = queries.runs(conn, source=args.source, pipeline=args.pipeline, branch=args.branch,
-                        status=args.status, limit=args.limit)
+    rows = queries.runs(
+        conn, source=args.source, pipeline=args.pipeline, branch=args.branch, status=args.status, limit=args.limit
+    )
     if args.json:
         print(json.dumps(rows, indent=2))
     elif rows:
@@ -183,11 +190,20 @@ def cmd_notifications(args: argparse.Namespace) -> int:
     if not rows:
         print("no notifications")
         return 0
-    _print_table(rows, [("ID", lambda r: r["id"]), ("STATE", lambda r: r["state"]), ("SINK", lambda r: r["sink"]),
-                        ("TRANSITION", lambda r: r["transition"]), ("PIPELINE", lambda r: r["pipeline"]),
-                        ("BRANCH", lambda r: r["branch"] or "-"), ("CREATED", lambda r: _when(r["created_at"])),
-                        ("TRIES", lambda r: r["attempts"]),
-                        ("LAST ERROR / ANSWER", lambda r: (r["last_error"] or r["answer"] or "")[:60])])
+    _print_table(
+        rows,
+        [
+            ("ID", lambda r: r["id"]),
+            ("STATE", lambda r: r["state"]),
+            ("SINK", lambda r: r["sink"]),
+            ("TRANSITION", lambda r: r["transition"]),
+            ("PIPELINE", lambda r: r["pipeline"]),
+            ("BRANCH", lambda r: r["branch"] or "-"),
+            ("CREATED", lambda r: _when(r["created_at"])),
+            ("TRIES", lambda r: r["attempts"]),
+            ("LAST ERROR / ANSWER", lambda r: (r["last_error"] or r["answer"] or "")[:60]),
+        ],
+    )
     return 0
 
 
@@ -200,8 +216,9 @@ def cmd_silence(args: argparse.Namespace) -> int:
     if args.action == "add":
         until = _until(args.until, now)
         conn = _writer(args)
-        silence_id = outbox.add_silence(conn, args.source or ["*"], args.pipeline or ["*"], args.branch or ["*"],
-                                        until, args.comment, now)
+        silence_id = outbox.add_silence(
+            conn, args.source or ["*"], args.pipeline or ["*"], args.branch or ["*"], until, args.comment, now
+        )
         print(f"silence {silence_id} added until {_when(until)}")
         return 0
     if args.action == "expire":
@@ -216,10 +233,18 @@ def cmd_silence(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
     elif rows:
-        _print_table(rows, [("ID", lambda r: r["id"]), ("SOURCES", lambda r: ",".join(r["sources"])),
-                            ("PIPELINES", lambda r: ",".join(r["pipelines"])),
-                            ("BRANCHES", lambda r: ",".join(r["branches"])), ("UNTIL", lambda r: _when(r["until"])),
-                            ("ACTIVE", lambda r: "yes" if r["active"] else "no"), ("COMMENT", lambda r: r["comment"])])
+        _print_table(
+            rows,
+            [
+                ("ID", lambda r: r["id"]),
+                ("SOURCES", lambda r: ",".join(r["sources"])),
+                ("PIPELINES", lambda r: ",".join(r["pipelines"])),
+                ("BRANCHES", lambda r: ",".join(r["branches"])),
+                ("UNTIL", lambda r: _when(r["until"])),
+                ("ACTIVE", lambda r: "yes" if r["active"] else "no"),
+                ("COMMENT", lambda r: r["comment"]),
+            ],
+        )
     else:
         print("no active silences")
     return 0
@@ -254,13 +279,13 @@ def cmd_notify_test(args: argparse.Namespace) -> int:
 
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="flowforged", description="A CI/CD watcher daemon.")
-    top.add_argument("-c", "--config", help="config file (default: $FLOWFORGED_CONFIG, else "
-                     f"{config.DEFAULT_PATH})")
+    top.add_argument("-c", "--config", help=f"config file (default: $FLOWFORGED_CONFIG, else {config.DEFAULT_PATH})")
     top.add_argument("--version", action="version", version=f"flowforged {__version__}")
     sub = top.add_subparsers(dest="command", required=True)
     sub.add_parser("run", help="run the daemon").set_defaults(func=cmd_run)
     sub.add_parser("check-config", help="validate the config; exit 2 listing every problem").set_defaults(
-        func=cmd_check_config)
+        func=cmd_check_config
+    )
     secret = sub.add_parser("secret", help="store or delete a secret in the system keyring")
     secret.add_argument("action", choices=["set", "delete"])
     secret.add_argument("name")
@@ -269,8 +294,9 @@ def parser() -> argparse.ArgumentParser:
     runs.add_argument("--source")
     runs.add_argument("--pipeline")
     runs.add_argument("--branch")
-    runs.add_argument("--status", choices=["pending", "running", "blocked", "success", "failed", "cancelled",
-                                           "skipped"])
+    runs.add_argument(
+        "--status", choices=["pending", "running", "blocked", "success", "failed", "cancelled", "skipped"]
+    )
     runs.add_argument("--limit", type=int, default=50)
     runs.add_argument("--json", action="store_true", help="JSON, with the API's field names")
     runs.set_defaults(func=cmd_runs)
@@ -299,7 +325,6 @@ def parser() -> argparse.ArgumentParser:
     test.add_argument("sink")
     test.set_defaults(func=cmd_notify_test)
     return top
-
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -281,8 +281,10 @@ def validate(data: Any, secrets: SecretContext | None = None) -> Config:
     for section, items in (("", {"": config}), ("sources.", sources), ("sinks.", sinks)):
         for name, item in items.items():
             prefix = f"{section}{name}." if name else ""
-            warnings += [f"{path}: secret written inline in the config; use {{secret: NAME}} in production"
-                         for path in _inline_secrets(item, prefix)]
+            warnings += [
+                f"{path}: secret written inline in the config; use {{secret: NAME}} in production"
+                for path in _inline_secrets(item, prefix)
+            ]
     for name, source in sources.items():
         if source.insecure_no_auth and not source.authenticated:
             warnings.append(f"sources.{name}: insecure_no_auth is set; anyone can post webhooks to it")

@@ -33,26 +33,45 @@ IDLE_CHECK = 2.0  # seconds: picks up rows changed by the CLI (retry) without a 
 
 def backoff(attempt: int, base: float, cap: float, rng: Callable[[], float] = random.random) -> float:
     """Exponential backoff with full jitter (AWS Architecture Blog, "Exponential Backoff and Jitter")."""
-    return rng() * min(cap, base * 2 ** attempt)
+    return rng() * min(cap, base * 2**attempt)
 
 
 def notification(row: dict[str, Any], failed_jobs: list[str], others: list[dict[str, Any]]) -> Notification:
     payload = json.loads(row["payload"])
     return Notification(
-        id=row["id"], sink=row["sink"], transition=row["transition"], source=payload["source"],
-        pipeline=payload["pipeline"], branch=payload.get("branch"), run_id=str(payload.get("run_id")),
-        attempt=payload.get("attempt") or 1, url=payload.get("url"), sha=payload.get("sha"),
-        commit_message=payload.get("commit_message"), author=payload.get("author"),
-        duration_seconds=payload.get("duration_seconds"), failed_jobs=tuple(failed_jobs),
-        pipeline_name=payload.get("pipeline_name") or "", finished_at=payload.get("finished_at"),
+        id=row["id"],
+        sink=row["sink"],
+        transition=row["transition"],
+        source=payload["source"],
+        pipeline=payload["pipeline"],
+        branch=payload.get("branch"),
+        run_id=str(payload.get("run_id")),
+        attempt=payload.get("attempt") or 1,
+        url=payload.get("url"),
+        sha=payload.get("sha"),
+        commit_message=payload.get("commit_message"),
+        author=payload.get("author"),
+        duration_seconds=payload.get("duration_seconds"),
+        failed_jobs=tuple(failed_jobs),
+        pipeline_name=payload.get("pipeline_name") or "",
+        finished_at=payload.get("finished_at"),
         others=tuple(json.loads(o["payload"]) | {"id": o["id"]} for o in others),
     )
 
 
 class Dispatcher:
-    def __init__(self, store: Store, sinks: dict[str, Sink], http: Any, *, max_age: float = 86400.0,
-                 backoff_base: float = 1.0, backoff_cap: float = 600.0, clock: Callable[[], float] = time.time,
-                 rng: Callable[[], float] = random.random):
+    def __init__(
+        self,
+        store: Store,
+        sinks: dict[str, Sink],
+        http: Any,
+        *,
+        max_age: float = 86400.0,
+        backoff_base: float = 1.0,
+        backoff_cap: float = 600.0,
+        clock: Callable[[], float] = time.time,
+        rng: Callable[[], float] = random.random,
+    ):
         self.store = store
         self.sinks = sinks
         self.context = SinkContext(http=http, log=logs.get("flowforged.sink"))
@@ -120,8 +139,13 @@ class Dispatcher:
         sink, first, ids = self.sinks[name], group[0], [r["id"] for r in group]
         now = self.clock()
         if now - first["created_at"] > self.max_age:
-            await self._record(name, "dead", outbox.mark_dead, ids, f"expired: not sent within max_age "
-                               f"({self.max_age:g} s); last error: {first['last_error'] or 'none'}")
+            await self._record(
+                name,
+                "dead",
+                outbox.mark_dead,
+                ids,
+                f"expired: not sent within max_age ({self.max_age:g} s); last error: {first['last_error'] or 'none'}",
+            )
             return 0
         await self._pace(name, getattr(sink, "min_interval", 0.0))
         jobs = await self.store.read(outbox.failed_jobs, first["source"], first["run"])
@@ -136,11 +160,20 @@ class Dispatcher:
             retry_after = exc.retry_after if isinstance(exc, SinkError) else None
             if retry_after is not None:
                 self._paused_until[name] = self.clock() + retry_after
-            delay = retry_after if retry_after is not None else backoff(
-                first["attempts"], self.backoff_base, self.backoff_cap, self.rng)
+            delay = (
+                retry_after
+                if retry_after is not None
+                else backoff(first["attempts"], self.backoff_base, self.backoff_cap, self.rng)
+            )
             error = f"{type(exc).__name__}: {exc}"
-            log.warning("notification not sent; will retry", sink=name, notification=first["id"], error=error,
-                        retry_in=round(delay, 3), attempt=first["attempts"] + 1)
+            log.warning(
+                "notification not sent; will retry",
+                sink=name,
+                notification=first["id"],
+                error=error,
+                retry_in=round(delay, 3),
+                attempt=first["attempts"] + 1,
+            )
             await self._record(name, "retried", outbox.mark_retry, ids, self.clock() + delay, error)
             return 0
         # Pace posted messages only: a failed attempt follows the backoff, and a 429 pauses the sink.
@@ -148,8 +181,14 @@ class Dispatcher:
         await self._record(name, "sent", outbox.mark_sent, ids, str(answer)[:500], self.clock())
         for row in group:
             self._observe(name, "sent", self.clock() - row["created_at"])
-        log.info("notification sent", sink=name, notification=first["id"], transition=first["transition"],
-                 pipeline=first["pipeline"], grouped=len(group))
+        log.info(
+            "notification sent",
+            sink=name,
+            notification=first["id"],
+            transition=first["transition"],
+            pipeline=first["pipeline"],
+            grouped=len(group),
+        )
         return 1
 
     async def _pace(self, name: str, interval: float) -> None:
@@ -167,4 +206,3 @@ class Dispatcher:
     def _observe(self, sink: str, outcome: str, latency: float | None) -> None:
         for observer in self.observers:
             observer(sink, outcome, latency)
-

@@ -180,18 +180,14 @@ def error_for(source: str, status: int, data: Any) -> ProviderError:
     detail = f": {message}" if message else ""
     if status == 401:
         # Our token, not the user's request, is at fault: a gateway-side error for the API caller.
-        return ProviderError(
-            f"the API token for source {source} was rejected", status=502, code="provider_auth_failed"
-        )
+        return ProviderError(f"the API token for source {source} was rejected", status=502, code="provider_auth_failed")
     if status == 403:
         return ProviderError(f"{source}: forbidden{detail}", status=403, code="forbidden")
     if status == 404:
         return ProviderError(f"{source}: not found{detail}", status=404, code="not_found")
     if status in (409, 422):
         return ProviderError(f"{source}: conflict{detail}", status=409, code="conflict")
-    return ProviderError(
-        f"{source}: the provider answered {status}{detail}", status=502, code="provider_error"
-    )
+    return ProviderError(f"{source}: the provider answered {status}{detail}", status=502, code="provider_error")
 
 
 _LINK = re.compile(r'<([^>]*)>((?:\s*;\s*[^;,"\s=]+(?:\s*=\s*(?:"[^"]*"|[^;,\s]*))?)*)')
@@ -255,9 +251,7 @@ def resource_for(url: str, base_url: str) -> str:
     return "core"
 
 
-def backoff_delay(
-    attempt: int, rng: random.Random, base: float = BACKOFF_BASE, cap: float = BACKOFF_CAP
-) -> float:
+def backoff_delay(attempt: int, rng: random.Random, base: float = BACKOFF_BASE, cap: float = BACKOFF_CAP) -> float:
     """Exponential backoff with full jitter: uniform(0, min(cap, base * 2**attempt))."""
     return rng.uniform(0.0, min(cap, base * 2**attempt))
 
@@ -386,9 +380,7 @@ class ProviderClient:
         ProviderError for an answer that is an error (after retries, for 5xx and network errors).
         `headers` are added to this request alone (Jenkins: a CSRF crumb and the session it belongs to)."""
         try:
-            response = await self._request(
-                method.upper(), path_or_url, query_items(params), json, conditional, headers
-            )
+            response = await self._request(method.upper(), path_or_url, query_items(params), json, conditional, headers)
         except RateLimited as exc:
             self._counts["rate_limited"] += 1
             self.last_error = str(exc)
@@ -466,9 +458,7 @@ class ProviderClient:
         status: int, headers: CIMultiDictProxy[str], data: Any, url: str, not_modified: bool = False
     ) -> Response:
         links, page = parse_link(headers.get("Link")), next_page(headers)
-        return Response(
-            status, headers, data, not_modified=not_modified, links=links, next_page=page, url=url
-        )
+        return Response(status, headers, data, not_modified=not_modified, links=links, next_page=page, url=url)
 
     def _resolve(self, path_or_url: str) -> str:
         if "://" not in path_or_url:
@@ -520,9 +510,7 @@ class ProviderClient:
             if not safe or attempt == self.max_retries:
                 break
             delay = backoff_delay(attempt, self._rng)
-            log.debug(
-                "provider retry", source=self.source, method=method, last=self._scrub(last), delay=delay
-            )
+            log.debug("provider retry", source=self.source, method=method, last=self._scrub(last), delay=delay)
             await self._sleep(delay)
         tries = attempt + 1
         raise self._clean(

@@ -53,11 +53,17 @@ class Ingest:
         event = provider.event_name(headers, payload)
         events, error = normalize(provider, event, payload)
         if error:
-            log.warning("payload stored raw: it could not be normalized", source=provider.name,
-                        hook_event=event, error=error)
+            log.warning(
+                "payload stored raw: it could not be normalized", source=provider.name, hook_event=event, error=error
+            )
         delivery = Delivery(
-            source=provider.name, delivery_id=delivery_id(provider, headers, body), origin="webhook",
-            event=event, received_at=utcnow(), headers=stored_headers(provider, headers), body=body,
+            source=provider.name,
+            delivery_id=delivery_id(provider, headers, body),
+            origin="webhook",
+            event=event,
+            received_at=utcnow(),
+            headers=stored_headers(provider, headers),
+            body=body,
             parse_error=error,
         )
         return await self.commit(delivery, events)
@@ -71,15 +77,25 @@ class Ingest:
         """
         events, error = normalize(provider, event, payload)
         if error:
-            log.warning("polled item stored raw: it could not be normalized", source=provider.name,
-                        hook_event=event, error=error)
+            log.warning(
+                "polled item stored raw: it could not be normalized",
+                source=provider.name,
+                hook_event=event,
+                error=error,
+            )
         if events:
             key = "poll:" + event_key(events[0])
         else:
             key = "poll:" + hashlib.sha256(msgspec.json.encode(payload)).hexdigest()
         delivery = Delivery(
-            source=provider.name, delivery_id=key, origin="poll", event=event, received_at=utcnow(),
-            headers={}, body=msgspec.json.encode(payload), parse_error=error,
+            source=provider.name,
+            delivery_id=key,
+            origin="poll",
+            event=event,
+            received_at=utcnow(),
+            headers={},
+            body=msgspec.json.encode(payload),
+            parse_error=error,
         )
         return await self.commit(delivery, events)
 
@@ -93,8 +109,9 @@ class Ingest:
         return result
 
 
-def redecode(providers: Mapping[str, Provider], source: str, headers: dict[str, str], body: bytes,
-             event: str) -> tuple[list[Event], str | None]:
+def redecode(
+    providers: Mapping[str, Provider], source: str, headers: dict[str, str], body: bytes, event: str
+) -> tuple[list[Event], str | None]:
     """For reindex: the events of a stored delivery under today's parser."""
     provider = providers.get(source)
     if provider is None:

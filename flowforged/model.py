@@ -130,7 +130,5 @@ def parse_time(value: str | int | float | None) -> str | None:
 def seconds_between(start: str | None, end: str | None) -> float | None:
     if not start or not end:
         return None
-    delta = datetime.fromisoformat(end.replace("Z", "+00:00")) - datetime.fromisoformat(
-        start.replace("Z", "+00:00")
-    )
+    delta = datetime.fromisoformat(end.replace("Z", "+00:00")) - datetime.fromisoformat(start.replace("Z", "+00:00"))
     return max(delta.total_seconds(), 0.0)

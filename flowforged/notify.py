@@ -25,8 +25,21 @@ from flowforged.config import RuleConfig
 from flowforged.store import outbox
 
 DEFAULT_BRANCHES = ("main", "master")
-NOTIFICATION_FIELDS = ("transition", "source", "pipeline", "branch", "run_id", "attempt", "url", "sha",
-                       "commit_message", "author", "duration_seconds", "pipeline_name", "finished_at")
+NOTIFICATION_FIELDS = (
+    "transition",
+    "source",
+    "pipeline",
+    "branch",
+    "run_id",
+    "attempt",
+    "url",
+    "sha",
+    "commit_message",
+    "author",
+    "duration_seconds",
+    "pipeline_name",
+    "finished_at",
+)
 
 
 def _matches(value: str | None, patterns: list[str]) -> bool:
@@ -80,20 +93,25 @@ class Planner:
         if not notify or not self.rules:
             return
         if not record.get("default_branch"):
-            row = conn.execute("SELECT default_branch FROM pipelines WHERE source = ? AND pipeline = ?",
-                               (record["source"], record["pipeline"])).fetchone()
+            row = conn.execute(
+                "SELECT default_branch FROM pipelines WHERE source = ? AND pipeline = ?",
+                (record["source"], record["pipeline"]),
+            ).fetchone()
             record = {**record, "default_branch": row[0] if row else None}
         now = self.clock()
         for rule, transition in matching_rules(self.rules, record):
-            if transition == "fixed" and rule.group_wait > 0 and outbox.supersede_waiting_breakage(
-                conn, record["source"], record["pipeline"], record["branch"], now
+            if (
+                transition == "fixed"
+                and rule.group_wait > 0
+                and outbox.supersede_waiting_breakage(conn, record["source"], record["pipeline"], record["branch"], now)
             ):
                 continue
             for sink in rule.sinks:
                 self._add(conn, rule, sink, transition, record, now)
 
-    def _add(self, conn: sqlite3.Connection, rule: RuleConfig, sink: str, transition: str,
-             record: dict[str, Any], now: float) -> None:
+    def _add(
+        self, conn: sqlite3.Connection, rule: RuleConfig, sink: str, transition: str, record: dict[str, Any], now: float
+    ) -> None:
         key = (rule.name, sink, record["source"], record["pipeline"], record["branch"])
         if transition == "still_failing":
             last = outbox.last_failure_notice(conn, *key)
@@ -101,14 +119,24 @@ class Planner:
                 return
         silence = outbox.active_silence(conn, record["source"], record["pipeline"], record["branch"], now)
         payload = {field: record.get(field) for field in NOTIFICATION_FIELDS} | {"transition": transition}
-        outbox.insert(conn, {
-            "sink": sink, "rule": rule.name, "transition": transition, "source": record["source"],
-            "pipeline": record["pipeline"], "branch": record["branch"], "run": record["id"],
-            "sha": record.get("sha"),
-            "group_key": f"{rule.name}|{sink}|{record.get('sha')}" if rule.group_wait > 0 else None,
-            "dedupe_key": f"{record['id']}|{record.get('finished_at')}|{transition}|{rule.name}|{sink}",
-            "state": "suppressed" if silence else "pending",
-            "last_error": f"silenced by silence {silence}" if silence else None,
-            "created_at": now, "due_at": now + rule.group_wait, "attempts": 0,
-            "payload": json.dumps(payload),
-        })
+        outbox.insert(
+            conn,
+            {
+                "sink": sink,
+                "rule": rule.name,
+                "transition": transition,
+                "source": record["source"],
+                "pipeline": record["pipeline"],
+                "branch": record["branch"],
+                "run": record["id"],
+                "sha": record.get("sha"),
+                "group_key": f"{rule.name}|{sink}|{record.get('sha')}" if rule.group_wait > 0 else None,
+                "dedupe_key": f"{record['id']}|{record.get('finished_at')}|{transition}|{rule.name}|{sink}",
+                "state": "suppressed" if silence else "pending",
+                "last_error": f"silenced by silence {silence}" if silence else None,
+                "created_at": now,
+                "due_at": now + rule.group_wait,
+                "attempts": 0,
+                "payload": json.dumps(payload),
+            },
+        )

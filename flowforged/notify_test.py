@@ -11,11 +11,21 @@ from flowforged.errors import PermanentSinkError, SinkError
 from flowforged.plugin import Notification, Sink, SinkContext
 
 SAMPLE = Notification(
-    id=0, sink="", transition="broken", source="github", pipeline="octo-org/octo-repo/.github/workflows/ci.yml",
-    branch="main", run_id="0", attempt=1, url="https://github.com/octo-org/octo-repo/actions",
+    id=0,
+    sink="",
+    transition="broken",
+    source="github",
+    pipeline="octo-org/octo-repo/.github/workflows/ci.yml",
+    branch="main",
+    run_id="0",
+    attempt=1,
+    url="https://github.com/octo-org/octo-repo/actions",
     sha="3484a3fb816e0859fd6e1cea078d76385ff50625",
-    commit_message="This is a test notification from flowforged notify-test", author="FlowForge",
-    duration_seconds=252.0, failed_jobs=("test (example)",), pipeline_name="CI",
+    commit_message="This is a test notification from flowforged notify-test",
+    author="FlowForge",
+    duration_seconds=252.0,
+    failed_jobs=("test (example)",),
+    pipeline_name="CI",
 )
 
 

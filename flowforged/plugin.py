@@ -83,8 +83,7 @@ class Provider(abc.ABC):
             raise NotImplementedError(f"{self.type} sources have no API client")
         if self.config.token is None:
             raise NotImplementedError(f"source {self.name} has no API token")
-        return self.api.make_client(self.name, self.config.api_url, self.config.token.get(), session, etags,
-                                    **options)
+        return self.api.make_client(self.name, self.config.api_url, self.config.token.get(), session, etags, **options)
 
     async def poll(self, client: ProviderClient, ctx: PollContext) -> None:
         """One poll cycle: find what changed since the cursors in `ctx` and hand each run or job to
@@ -113,15 +112,11 @@ class Provider(abc.ABC):
         `variables`); the provider's answer about the new run, or None when it gives none."""
         raise NotImplementedError(f"{self.type} sources cannot trigger runs")
 
-    async def rerun(
-        self, client: ProviderClient, run: Mapping[str, Any], failed_only: bool
-    ) -> dict[str, Any] | None:
+    async def rerun(self, client: ProviderClient, run: Mapping[str, Any], failed_only: bool) -> dict[str, Any] | None:
         """Run again a run (a row of `runs`): all of it, or only its failed jobs."""
         raise NotImplementedError(f"{self.type} sources cannot re-run runs")
 
-    async def cancel(
-        self, client: ProviderClient, run: Mapping[str, Any], force: bool
-    ) -> dict[str, Any] | None:
+    async def cancel(self, client: ProviderClient, run: Mapping[str, Any], force: bool) -> dict[str, Any] | None:
         raise NotImplementedError(f"{self.type} sources cannot cancel runs")
 
 
@@ -219,9 +214,7 @@ def decode_json(body: bytes) -> Any:
 _DONE = {"cancel": "cancelled", "force-cancel": "force-cancelled", "re-run": "re-run", "retry": "retried"}
 
 
-def operation_error(
-    error: ProviderError, source: str, action: str, subject: str, permission: str
-) -> ProviderError:
+def operation_error(error: ProviderError, source: str, action: str, subject: str, permission: str) -> ProviderError:
     """An operation's ProviderError (made by flowforged.http.error_for) in words that say what was
     attempted on what and what to do about it: `github: run 42 of o/r/.github/workflows/ci.yml cannot
     be cancelled (the provider said: Cannot cancel a workflow run that is completed.)`."""

@@ -125,8 +125,11 @@ class SecretContext:
             return Secret(self.environ[variable], "environment", name)
         if self.lenient:
             return Secret("", "missing", name)
-        places = ["$CREDENTIALS_DIRECTORY" if self.credentials_dir else None,
-                  f"keyring service {KEYRING_SERVICE!r}" if self.keyring else None, f"${variable}"]
+        places = [
+            "$CREDENTIALS_DIRECTORY" if self.credentials_dir else None,
+            f"keyring service {KEYRING_SERVICE!r}" if self.keyring else None,
+            f"${variable}",
+        ]
         raise SecretNotFound(f"secret {name!r} not found (looked in {', '.join(p for p in places if p)})")
 
     def env(self, variable: str) -> Secret:

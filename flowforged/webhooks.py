@@ -36,8 +36,16 @@ async def receive(request: web.Request) -> web.Response:
     return response
 
 
-_OUTCOMES = {202: "accepted", 200: "duplicate", 400: "invalid", 401: "rejected", 404: "unknown_source",
-             408: "invalid", 413: "too_large", 503: "unavailable"}
+_OUTCOMES = {
+    202: "accepted",
+    200: "duplicate",
+    400: "invalid",
+    401: "rejected",
+    404: "unknown_source",
+    408: "invalid",
+    413: "too_large",
+    503: "unavailable",
+}
 
 
 async def _receive(request: web.Request) -> tuple[web.Response, str, str]:
@@ -75,9 +83,11 @@ async def _receive(request: web.Request) -> tuple[web.Response, str, str]:
     delivery = result.delivery_id
     if result.duplicate:
         return web.json_response({"status": "duplicate", "delivery": delivery}, status=200), name, event
-    return web.json_response(
-        {"status": "accepted", "delivery": delivery, "events": len(result.events)}, status=202
-    ), name, event
+    return (
+        web.json_response({"status": "accepted", "delivery": delivery, "events": len(result.events)}, status=202),
+        name,
+        event,
+    )
 
 
 def setup(app: web.Application, ingest: Ingest, max_body_bytes: int, body_timeout: float = 30.0) -> None:

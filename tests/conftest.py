@@ -33,36 +33,67 @@ def fixture(name: str) -> Any:
     return json.loads((FIXTURES / name).read_text())
 
 
-def github_run(conclusion: str | None = "success", *, run_id: int = 289782451, attempt: int = 1,
-               branch: str = "master", created_at: str = "2020-10-05T16:33:24Z",
-               updated_at: str = "2020-10-05T16:40:00Z", status: str = "completed") -> dict[str, Any]:
+def github_run(
+    conclusion: str | None = "success",
+    *,
+    run_id: int = 289782451,
+    attempt: int = 1,
+    branch: str = "master",
+    created_at: str = "2020-10-05T16:33:24Z",
+    updated_at: str = "2020-10-05T16:40:00Z",
+    status: str = "completed",
+) -> dict[str, Any]:
     """The real workflow_run.completed payload, varied: failed run, re-run attempt, other branch."""
     payload = fixture("github/webhooks/workflow_run.completed.success.json")
     run = payload["workflow_run"]
-    run.update(id=run_id, run_attempt=attempt, head_branch=branch, created_at=created_at, run_started_at=created_at,
-               updated_at=updated_at, status=status, conclusion=conclusion if status == "completed" else None)
+    run.update(
+        id=run_id,
+        run_attempt=attempt,
+        head_branch=branch,
+        created_at=created_at,
+        run_started_at=created_at,
+        updated_at=updated_at,
+        status=status,
+        conclusion=conclusion if status == "completed" else None,
+    )
     return payload
 
 
-def github_headers(body: bytes, event: str = "workflow_run", delivery: str | None = None,
-                   secret: str = GITHUB_SECRET) -> dict[str, str]:
-    return {"X-GitHub-Event": event, "X-GitHub-Delivery": delivery or str(uuid.uuid4()),
-            "Content-Type": "application/json", "X-Hub-Signature-256": github_plugin.sign(secret, body)}
+def github_headers(
+    body: bytes, event: str = "workflow_run", delivery: str | None = None, secret: str = GITHUB_SECRET
+) -> dict[str, str]:
+    return {
+        "X-GitHub-Event": event,
+        "X-GitHub-Delivery": delivery or str(uuid.uuid4()),
+        "Content-Type": "application/json",
+        "X-Hub-Signature-256": github_plugin.sign(secret, body),
+    }
 
 
-def gitlab_pipeline(status: str = "success", *, pipeline_id: int = 31, ref: str = "master",
-                    finished_at: str | None = "2016-08-12 15:26:29 UTC") -> dict[str, Any]:
+def gitlab_pipeline(
+    status: str = "success",
+    *,
+    pipeline_id: int = 31,
+    ref: str = "master",
+    finished_at: str | None = "2016-08-12 15:26:29 UTC",
+) -> dict[str, Any]:
     payload = fixture("gitlab/webhooks/pipeline_hook.success.json")
-    payload["object_attributes"].update(id=pipeline_id, status=status, detailed_status=status, ref=ref,
-                                        finished_at=finished_at)
+    payload["object_attributes"].update(
+        id=pipeline_id, status=status, detailed_status=status, ref=ref, finished_at=finished_at
+    )
     return payload
 
 
-def gitlab_headers(event: str = "Pipeline Hook", delivery: str | None = None,
-                   token: str = GITLAB_TOKEN) -> dict[str, str]:
-    return {"X-Gitlab-Event": event, "Idempotency-Key": delivery or str(uuid.uuid4()),
-            "X-Gitlab-Event-UUID": str(uuid.uuid4()), "Content-Type": "application/json",
-            "X-Gitlab-Token": token}
+def gitlab_headers(
+    event: str = "Pipeline Hook", delivery: str | None = None, token: str = GITLAB_TOKEN
+) -> dict[str, str]:
+    return {
+        "X-Gitlab-Event": event,
+        "Idempotency-Key": delivery or str(uuid.uuid4()),
+        "X-Gitlab-Event-UUID": str(uuid.uuid4()),
+        "Content-Type": "application/json",
+        "X-Gitlab-Token": token,
+    }
 
 
 def base_config(db: Path, **sections: Any) -> dict[str, Any]:

@@ -50,9 +50,7 @@ def require(binary: str) -> str:
     pytest.skip(message)
 
 
-def promtool(
-    *args: str, stdin: bytes | None = None, cwd: Path | None = None
-) -> subprocess.CompletedProcess[str]:
+def promtool(*args: str, stdin: bytes | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     """Run promtool; the result's stdout and stderr are text, for assertion messages."""
     return subprocess.run(
         [require("promtool"), *args],
@@ -271,9 +269,7 @@ def gitlab_run(
     if ref is not None:
         attrs["ref"] = ref
     event = gitlab.normalize_pipeline(source, payload)
-    return run_of(
-        event, duration_seconds=attrs.get("duration"), queue_seconds=attrs.get("queued_duration"), **changes
-    )
+    return run_of(event, duration_seconds=attrs.get("duration"), queue_seconds=attrs.get("queued_duration"), **changes)
 
 
 def everything(metrics: Metrics) -> Metrics:

@@ -50,21 +50,47 @@ async def test_runs_lists_table_and_json_with_filters(daemon, db_path, tmp_path,
     config.write_text(f"storage: {{path: {db_path}}}\n")
     assert cli.main(["-c", str(config), "runs", "--json", "--status", "failed"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert [(r["run_id"], r["branch"], r["transition"]) for r in rows] == [("3", "dev", "broken"),
-                                                                           ("2", "master", "broken")]
-    assert {"id", "source", "pipeline", "run_id", "attempt", "branch", "sha", "status", "provider_status", "url",
-            "started_at", "finished_at", "duration_seconds", "transition"} <= set(rows[0])
+    assert [(r["run_id"], r["branch"], r["transition"]) for r in rows] == [
+        ("3", "dev", "broken"),
+        ("2", "master", "broken"),
+    ]
+    assert {
+        "id",
+        "source",
+        "pipeline",
+        "run_id",
+        "attempt",
+        "branch",
+        "sha",
+        "status",
+        "provider_status",
+        "url",
+        "started_at",
+        "finished_at",
+        "duration_seconds",
+        "transition",
+    } <= set(rows[0])
     assert cli.main(["-c", str(config), "runs", "--branch", "master"]) == 0
     table = capsys.readouterr().out.splitlines()
-    assert table[0].split() == ["ID", "SOURCE", "PIPELINE", "BRANCH", "RUN", "STATUS", "TRANSITION", "FINISHED",
-                                "DURATION"]
+    assert table[0].split() == [
+        "ID",
+        "SOURCE",
+        "PIPELINE",
+        "BRANCH",
+        "RUN",
+        "STATUS",
+        "TRANSITION",
+        "FINISHED",
+        "DURATION",
+    ]
     assert [line.split()[4] for line in table[1:]] == ["2#1", "1#1"]
 
 
 def test_reindex_command(db_path, tmp_path, capsys):
     config = tmp_path / "config.yaml"
     config.write_text(
-        f"storage: {{path: {db_path}}}\nsources: {{github: {{type: github, webhook_secret: {{secret: gh}}}}}}\n")
+        f"storage: {{path: {db_path}}}\nsources: {{github: {{type: github, webhook_secret: {{secret: gh}}}}}}\n"
+    )
     assert cli.main(["-c", str(config), "reindex"]) == 0  # works without the secret's value
     assert "reindexed 0 deliveries" in capsys.readouterr().out
     assert sqlite3.connect(db_path).execute("PRAGMA user_version").fetchone()[0] >= 1
@@ -78,13 +104,34 @@ def _config(tmp_path, db_path, extra: str = "") -> str:
 
 def test_silence_add_list_expire(db_path, tmp_path, capsys):
     config = _config(tmp_path, db_path)
-    assert cli.main(["-c", config, "silence", "add", "--pipeline", "octo-org/*", "--branch", "main",
-                     "--until", "2h", "--comment", "deploy freeze"]) == 0
+    assert (
+        cli.main(
+            [
+                "-c",
+                config,
+                "silence",
+                "add",
+                "--pipeline",
+                "octo-org/*",
+                "--branch",
+                "main",
+                "--until",
+                "2h",
+                "--comment",
+                "deploy freeze",
+            ]
+        )
+        == 0
+    )
     assert "silence 1 added until" in capsys.readouterr().out
     assert cli.main(["-c", config, "silence", "list", "--json"]) == 0
     [silence] = json.loads(capsys.readouterr().out)
     assert (silence["sources"], silence["pipelines"], silence["branches"], silence["comment"]) == (
-        ["*"], ["octo-org/*"], ["main"], "deploy freeze")
+        ["*"],
+        ["octo-org/*"],
+        ["main"],
+        "deploy freeze",
+    )
     assert cli.main(["-c", config, "silence", "expire", "1"]) == 0
     assert cli.main(["-c", config, "silence", "list"]) == 0
     assert capsys.readouterr().out.strip().endswith("no active silences")
@@ -99,10 +146,24 @@ async def test_notifications_list_and_retry(db_path, tmp_path, capsys):
     from flowforged.store import Store, outbox
 
     store = Store(db_path).open()
-    await store.write(outbox.insert, {"sink": "team-slack", "rule": "main", "transition": "broken",
-                                      "source": "github", "pipeline": "octo/repo/ci.yml", "branch": "main",
-                                      "state": "dead", "created_at": time.time() - 7200, "due_at": 0,
-                                      "attempts": 5, "last_error": "no_service", "dedupe_key": "k", "payload": "{}"})
+    await store.write(
+        outbox.insert,
+        {
+            "sink": "team-slack",
+            "rule": "main",
+            "transition": "broken",
+            "source": "github",
+            "pipeline": "octo/repo/ci.yml",
+            "branch": "main",
+            "state": "dead",
+            "created_at": time.time() - 7200,
+            "due_at": 0,
+            "attempts": 5,
+            "last_error": "no_service",
+            "dedupe_key": "k",
+            "payload": "{}",
+        },
+    )
     store.close()
     config = _config(tmp_path, db_path)
     assert cli.main(["-c", config, "notifications", "--state", "dead"]) == 0

@@ -73,7 +73,8 @@ def test_a_missing_secret_names_the_key_and_where_it_looked_never_a_value(tmp_pa
     data["api"]["token"] = "x" * 8
     found = dict(problems(data))
     assert found["sources.github.webhook_secret"] == (
-        "secret 'github-webhook' not found (looked in $FLOWFORGED_SECRET_GITHUB_WEBHOOK)")
+        "secret 'github-webhook' not found (looked in $FLOWFORGED_SECRET_GITHUB_WEBHOOK)"
+    )
 
 
 def test_secret_values_do_not_show_in_repr_or_str():
@@ -107,7 +108,9 @@ def test_config_path_from_environment(tmp_path, monkeypatch):
     assert config.default_path(None) == "/etc/flowforged/config.yaml"
 
 
-@pytest.mark.parametrize("text,seconds", [("90", 90), ("90s", 90), ("15m", 900), ("4h", 14400), ("7d", 604800),
-                                          ("1h30m", 5400), ("250ms", 0.25)])
+@pytest.mark.parametrize(
+    "text,seconds",
+    [("90", 90), ("90s", 90), ("15m", 900), ("4h", 14400), ("7d", 604800), ("1h30m", 5400), ("250ms", 0.25)],
+)
 def test_durations(text, seconds):
     assert config.parse_duration(text) == seconds

@@ -93,9 +93,7 @@ def test_prometheus_config_passes_promtool_and_scrapes_flowforged():
 def test_dashboard_takes_its_datasource_and_filters_from_variables():
     board = dashboard()
     variables = {variable["name"]: variable for variable in board["templating"]["list"]}
-    assert (
-        variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
-    )
+    assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
     for name in ("source", "pipeline"):
         assert variables[name]["definition"].startswith("label_values(flowforge_")
         assert variables[name]["datasource"]["uid"] == "${datasource}"

@@ -119,8 +119,12 @@ async def test_no_secret_in_any_log_line_of_a_full_run(make_daemon, tmp_path):
     config["sources"]["github"]["webhook_secret"] = {"secret": "github-webhook"}
     config["sources"]["gitlab"]["webhook_secret"] = {"env": "TEST_GITLAB_TOKEN"}
     config["api"]["token"] = {"secret": "api-token"}
-    env = {"CREDENTIALS_DIRECTORY": str(creds), "TEST_GITLAB_TOKEN": gitlab_token,
-           "FLOWFORGED_SECRET_API_TOKEN": api_token, "FLOWFORGED_KEYRING_BACKEND": "keyring.backends.fail.Keyring"}
+    env = {
+        "CREDENTIALS_DIRECTORY": str(creds),
+        "TEST_GITLAB_TOKEN": gitlab_token,
+        "FLOWFORGED_SECRET_API_TOKEN": api_token,
+        "FLOWFORGED_KEYRING_BACKEND": "keyring.backends.fail.Keyring",
+    }
     daemon = make_daemon(config, env)
     daemon.start()
     good = json.dumps(github_run("failure")).encode()
@@ -135,8 +139,9 @@ async def test_no_secret_in_any_log_line_of_a_full_run(make_daemon, tmp_path):
         ]
         statuses = []
         for source, body, headers in requests:
-            async with session.post(f"{daemon.url}/hooks/{source}", data=body, headers=headers,
-                                    params={"token": api_token}) as response:
+            async with session.post(
+                f"{daemon.url}/hooks/{source}", data=body, headers=headers, params={"token": api_token}
+            ) as response:
                 statuses.append(response.status)
                 assert gitlab_token not in await response.text()
     assert statuses == [202, 401, 400, 202, 202, 401]
@@ -157,8 +162,9 @@ async def test_sigkill_while_a_notification_is_due_delivers_it_once_after_restar
     server = await aiohttp_server(slack.app())
     config = base_config(tmp_path / "flowforge.db")
     config["sinks"] = {"team-slack": {"type": "slack", "webhook_url": str(server.make_url(slack.path))}}
-    config["rules"] = [{"name": "main", "branches": ["master"], "sinks": ["team-slack"], "on": ["broken"],
-                        "group_wait": "1s"}]
+    config["rules"] = [
+        {"name": "main", "branches": ["master"], "sinks": ["team-slack"], "on": ["broken"], "group_wait": "1s"}
+    ]
     daemon = make_daemon(config)
     daemon.start()
     body = json.dumps(github_run("failure", run_id=4242)).encode()

@@ -57,8 +57,9 @@ header_text = st.text(st.characters(min_codepoint=32, max_codepoint=126), max_si
 
 
 @SETTINGS
-@given(body=st.binary(max_size=4096), signature=st.one_of(st.none(), header_text),
-       event=header_text, delivery=st.uuids())
+@given(
+    body=st.binary(max_size=4096), signature=st.one_of(st.none(), header_text), event=header_text, delivery=st.uuids()
+)
 def test_random_github_requests_are_refused_and_stored_nowhere(daemon, body, signature, event, delivery):
     headers = {"X-GitHub-Event": event, "X-GitHub-Delivery": f"hostile-{delivery}"}
     if signature is not None:
@@ -74,12 +75,12 @@ def test_mutated_signed_deliveries_are_refused(daemon, data):
     signature = github.sign(GITHUB_SECRET, body)
     index = data.draw(st.integers(0, len(body) - 1))
     flip = data.draw(st.integers(1, 255))
-    mutated = body[:index] + bytes([body[index] ^ flip]) + body[index + 1:]
+    mutated = body[:index] + bytes([body[index] ^ flip]) + body[index + 1 :]
     delivery = f"mutated-{data.draw(st.uuids())}"
     headers = {"X-GitHub-Event": "workflow_run", "X-GitHub-Delivery": delivery, "X-Hub-Signature-256": signature}
     assert post(daemon, "/hooks/github", mutated, headers) == 401
     sig_index = data.draw(st.integers(7, len(signature) - 1))
-    bad_sig = signature[:sig_index] + ("0" if signature[sig_index] != "0" else "1") + signature[sig_index + 1:]
+    bad_sig = signature[:sig_index] + ("0" if signature[sig_index] != "0" else "1") + signature[sig_index + 1 :]
     assert post(daemon, "/hooks/github", body, headers | {"X-Hub-Signature-256": bad_sig}) == 401
     assert delivery not in stored(daemon)
 
@@ -92,15 +93,31 @@ json_values = st.recursive(
 
 
 @SETTINGS
-@given(payload=json_values, event=st.sampled_from(["workflow_run", "workflow_job", "ping", "push", "x" * 70]),
-       run=st.dictionaries(st.sampled_from(["id", "path", "status", "conclusion", "updated_at", "run_attempt",
-                                            "head_branch", "created_at"]), json_values, max_size=8))
+@given(
+    payload=json_values,
+    event=st.sampled_from(["workflow_run", "workflow_job", "ping", "push", "x" * 70]),
+    run=st.dictionaries(
+        st.sampled_from(
+            ["id", "path", "status", "conclusion", "updated_at", "run_attempt", "head_branch", "created_at"]
+        ),
+        json_values,
+        max_size=8,
+    ),
+)
 def test_authentic_odd_payloads_are_stored_raw_never_500(daemon, payload, event, run):
     for document in (payload, {"workflow_run": run, "workflow_job": run}):
         body = json.dumps(document).encode()
-        status = post(daemon, "/hooks/github", body, {
-            "X-GitHub-Event": event, "X-GitHub-Delivery": f"odd-{time.monotonic_ns()}",
-            "X-Hub-Signature-256": github.sign(GITHUB_SECRET, body), "Content-Type": "application/json"})
+        status = post(
+            daemon,
+            "/hooks/github",
+            body,
+            {
+                "X-GitHub-Event": event,
+                "X-GitHub-Delivery": f"odd-{time.monotonic_ns()}",
+                "X-Hub-Signature-256": github.sign(GITHUB_SECRET, body),
+                "Content-Type": "application/json",
+            },
+        )
         assert status in (200, 202)
 
 
@@ -159,9 +176,15 @@ def test_a_slow_body_gets_408(daemon):
 
 
 @settings(max_examples=300, deadline=None)
-@given(document=st.dictionaries(
-    st.sampled_from(["server", "storage", "api", "sources", "sinks", "rules", "metrics", "logging", "notifications",
-                     "extra"]), json_values, max_size=6))
+@given(
+    document=st.dictionaries(
+        st.sampled_from(
+            ["server", "storage", "api", "sources", "sinks", "rules", "metrics", "logging", "notifications", "extra"]
+        ),
+        json_values,
+        max_size=6,
+    )
+)
 def test_the_config_loader_never_crashes(document):
     try:
         config_module.validate(document, SecretContext(environ={}, use_keyring=False))

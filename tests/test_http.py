@@ -98,9 +98,7 @@ def test_link_header_as_github_sends_it() -> None:
 
 
 def test_link_header_with_commas_in_urls_and_several_rels() -> None:
-    header = (
-        '<https://x.test/a?q=a,b&page=2>; rel="next last"; title="t, u", <https://x.test/a?page=1>;rel=first'
-    )
+    header = '<https://x.test/a?q=a,b&page=2>; rel="next last"; title="t, u", <https://x.test/a?page=1>;rel=first'
     assert parse_link(header) == {
         "next": "https://x.test/a?q=a,b&page=2",
         "last": "https://x.test/a?q=a,b&page=2",
@@ -128,9 +126,9 @@ def test_gitlab_rate_limit_headers() -> None:
     observed_only = {"RateLimit-Limit": "600", "RateLimit-Observed": "598", "RateLimit-Reset": "1800000060"}
     assert parse_budget(observed_only, NOW).remaining == 2
     # The IETF draft's seconds-until-reset, not an epoch time.
-    assert parse_budget(
-        {"RateLimit-Limit": "10", "RateLimit-Remaining": "1", "RateLimit-Reset": "30"}, NOW
-    ) == (Budget(10, 1, NOW + 30))
+    assert parse_budget({"RateLimit-Limit": "10", "RateLimit-Remaining": "1", "RateLimit-Reset": "30"}, NOW) == (
+        Budget(10, 1, NOW + 30)
+    )
     assert parse_budget({"Content-Type": "application/json"}, NOW) is None
 
 
@@ -207,9 +205,7 @@ def test_cache_key_sorts_all_query_parameters() -> None:
 
 
 def test_query_items() -> None:
-    assert query_items(
-        {"scope[]": ["failed", "success"], "include_subgroups": True, "page": 2, "x": None}
-    ) == [
+    assert query_items({"scope[]": ["failed", "success"], "include_subgroups": True, "page": 2, "x": None}) == [
         ("scope[]", "failed"),
         ("scope[]", "success"),
         ("include_subgroups", "true"),
@@ -461,9 +457,7 @@ async def test_post_is_retried_only_when_it_surely_did_not_run(gh: SimpleNamespa
     assert response.status == 202 and len(gh.fake.requests) == 3
 
 
-async def test_connection_refused_is_retried_then_unavailable(
-    session: aiohttp.ClientSession, clock: Clock
-) -> None:
+async def test_connection_refused_is_retried_then_unavailable(session: aiohttp.ClientSession, clock: Clock) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -540,9 +534,7 @@ async def test_a_link_to_another_host_gets_no_token(gh: SimpleNamespace) -> None
     assert (await client.get(gh.base + RUNS + "?per_page=1")).status == 200  # same host is fine
 
 
-async def test_a_redirect_to_another_host_is_not_followed(
-    aiohttp_server: Any, session: Any, clock: Clock
-) -> None:
+async def test_a_redirect_to_another_host_is_not_followed(aiohttp_server: Any, session: Any, clock: Clock) -> None:
     seen: list[str] = []
 
     async def moved(request: web.Request) -> web.Response:
@@ -592,9 +584,7 @@ async def test_provider_errors(gh: SimpleNamespace) -> None:
         conflict.value
     )
     with pytest.raises(ProviderError) as invalid:
-        await client.request(
-            "POST", f"/repos/{REPO}/actions/workflows/ci.yml/dispatches", json={"inputs": {}}
-        )
+        await client.request("POST", f"/repos/{REPO}/actions/workflows/ci.yml/dispatches", json={"inputs": {}})
     assert invalid.value.code == "conflict"
     assert client.stats.requests["error"] == 3
 
@@ -645,11 +635,7 @@ async def test_the_token_never_shows(gh: SimpleNamespace, session: aiohttp.Clien
             for exc in _chain(error):
                 assert TOKEN not in str(exc) and TOKEN not in repr(exc)
             assert TOKEN not in "".join(traceback.format_exception(error))
-        assert (
-            TOKEN not in repr(client)
-            and TOKEN not in repr(client.stats)
-            and TOKEN not in str(client.last_error)
-        )
+        assert TOKEN not in repr(client) and TOKEN not in repr(client.stats) and TOKEN not in str(client.last_error)
         text = output.getvalue()
         assert '"event": "provider request"' in text and '"event": "provider rate limited"' in text
         assert TOKEN not in text
@@ -715,9 +701,7 @@ async def test_gitlab_bearer_and_rejected_token(gl: SimpleNamespace, session: ai
 async def test_fake_github_filters_runs_as_github_does(gh: SimpleNamespace) -> None:
     fake, client, repo = gh.fake, gh.client(), "octo-org/filters"
     runs = f"/repos/{repo}/actions/runs"
-    fake.add_run(
-        repo, branch="dev", status="completed", conclusion="failure", created_at="2026-11-25T10:00:00Z"
-    )
+    fake.add_run(repo, branch="dev", status="completed", conclusion="failure", created_at="2026-11-25T10:00:00Z")
     fake.add_run(repo, branch="release", status="in_progress", created_at="2026-11-26T10:00:00Z")
     fake.add_run(repo, ".github/workflows/deploy.yml", branch="release", created_at="2026-11-27T10:00:00Z")
 
@@ -806,12 +790,8 @@ async def test_fake_github_webhook_is_signed(aiohttp_server: Any, session: aioht
 
 async def test_fake_gitlab_lists_short_pipelines_with_filters(gl: SimpleNamespace) -> None:
     fake, client = gl.fake, gl.client
-    old = fake.add_pipeline(
-        "group/project", ref="main", status="success", created_at="2026-11-27T09:00:00.000Z"
-    )
-    new = fake.add_pipeline(
-        "group/project", ref="dev", status="failed", created_at="2026-11-27T10:00:00.000Z"
-    )
+    old = fake.add_pipeline("group/project", ref="main", status="success", created_at="2026-11-27T09:00:00.000Z")
+    new = fake.add_pipeline("group/project", ref="dev", status="failed", created_at="2026-11-27T10:00:00.000Z")
     path = f"/projects/{old['project_id']}/pipelines"
     listed = (await client.get(path)).data
     assert [p["id"] for p in listed] == [new["id"], old["id"]]
@@ -852,9 +832,7 @@ async def test_fake_gitlab_operations(gl: SimpleNamespace) -> None:
     fake.add_job(pid, "build", stage="build", status="success")
     fake.add_job(pid, "test", status="failed")
     fake.set_pipeline_status(pid, "failed")
-    failed = (
-        await client.get(f"/projects/{project['id']}/pipelines/{pid}/jobs", params={"scope[]": ["failed"]})
-    ).data
+    failed = (await client.get(f"/projects/{project['id']}/pipelines/{pid}/jobs", params={"scope[]": ["failed"]})).data
     assert [j["name"] for j in failed] == ["test"]
     retried = await client.request("POST", f"/projects/{project['id']}/pipelines/{pid}/retry")
     assert retried.status == 201 and retried.data["status"] == "pending"

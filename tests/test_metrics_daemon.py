@@ -27,8 +27,9 @@ async def feed(url: str) -> None:
     """Real fixture payloads, varied: success then failure on master, a GitLab pipeline, a redelivery."""
     async with aiohttp.ClientSession() as session:
         for n, conclusion in enumerate(("success", "failure")):
-            body = json.dumps(github_run(conclusion, run_id=500 + n, created_at=stamp(-600 + n * 60),
-                                         updated_at=stamp(-300 + n * 60))).encode()
+            body = json.dumps(
+                github_run(conclusion, run_id=500 + n, created_at=stamp(-600 + n * 60), updated_at=stamp(-300 + n * 60))
+            ).encode()
             headers = github_headers(body, delivery=f"m-{n}")
             for _ in range(2):  # the second time a duplicate
                 async with session.post(f"{url}/hooks/github", data=body, headers=headers) as response:
@@ -83,8 +84,13 @@ async def test_prometheus_scrapes_the_daemon_and_series_survive_a_restart(daemon
         daemon.start()
         after = scrape(daemon.url)  # first scrape after READY=1: already rebuilt from the store
         for line in before.splitlines():
-            if line.startswith(("flowforge_pipeline_runs_finished_total", "flowforge_pipeline_status{",
-                                "flowforge_pipeline_last_finished_timestamp_seconds")):
+            if line.startswith(
+                (
+                    "flowforge_pipeline_runs_finished_total",
+                    "flowforge_pipeline_status{",
+                    "flowforge_pipeline_last_finished_timestamp_seconds",
+                )
+            ):
                 assert line in after, line
         # Prometheus sees no counter reset across the restart.
         restarted = "changes(flowforge_process_start_time_seconds[5m])"

@@ -44,17 +44,29 @@ async def world(aiohttp_server, aiohttp_client, db_path):
         server = await aiohttp_server(slack.app())
         data = base_config(db_path, **extra)
         data["sinks"] = {"team-slack": {"type": "slack", "webhook_url": str(server.make_url(slack.path))}}
-        data["rules"] = rules or [{"name": "main", "branches": ["master"], "sinks": ["team-slack"],
-                                   "on": ["broken", "still_failing", "fixed"], "repeat_interval": "4h"}]
+        data["rules"] = rules or [
+            {
+                "name": "main",
+                "branches": ["master"],
+                "sinks": ["team-slack"],
+                "on": ["broken", "still_failing", "fixed"],
+                "repeat_interval": "4h",
+            }
+        ]
         if notifications:
             data["notifications"] = notifications
         application = app_module.build(make_config(data))
         client = await aiohttp_client(application)
 
         async def post(conclusion, run_id, *, branch="master", attempt=1, path=None, sha=None, delivery=None):
-            payload = github_run(conclusion, run_id=run_id, branch=branch, attempt=attempt,
-                                 created_at=f"2026-11-27T08:{run_id % 60:02d}:00Z",
-                                 updated_at=f"2026-11-27T08:{run_id % 60:02d}:{10 + attempt:02d}Z")
+            payload = github_run(
+                conclusion,
+                run_id=run_id,
+                branch=branch,
+                attempt=attempt,
+                created_at=f"2026-11-27T08:{run_id % 60:02d}:00Z",
+                updated_at=f"2026-11-27T08:{run_id % 60:02d}:{10 + attempt:02d}Z",
+            )
             if path:
                 payload["workflow_run"]["path"] = path
             if sha:
@@ -112,9 +124,11 @@ async def test_rules_default_to_the_repositorys_default_branch(world, db_path):
 
 
 async def test_first_match_wins_unless_continue(world, db_path):
-    rules = [{"name": "first", "branches": ["*"], "sinks": ["team-slack"], "on": ["broken"], "continue": True},
-             {"name": "second", "branches": ["*"], "sinks": ["team-slack"], "on": ["broken"]},
-             {"name": "third", "branches": ["*"], "sinks": ["team-slack"], "on": ["broken"]}]
+    rules = [
+        {"name": "first", "branches": ["*"], "sinks": ["team-slack"], "on": ["broken"], "continue": True},
+        {"name": "second", "branches": ["*"], "sinks": ["team-slack"], "on": ["broken"]},
+        {"name": "third", "branches": ["*"], "sinks": ["team-slack"], "on": ["broken"]},
+    ]
     client, slack, post = await world(rules=rules)
     await post("failure", 23)
     await until(lambda: settled(db_path) and len(rows(db_path)) == 2)
@@ -124,8 +138,9 @@ async def test_first_match_wins_unless_continue(world, db_path):
 async def test_a_silenced_pipeline_records_suppressed_and_sends_nothing(world, db_path):
     client, slack, post = await world()
     store = client.app[app_module.STORE]
-    await store.write(outbox.add_silence, ["github"], ["octo-org/*"], ["*"], time.time() + 3600, "deploy freeze",
-                      time.time())
+    await store.write(
+        outbox.add_silence, ["github"], ["octo-org/*"], ["*"], time.time() + 3600, "deploy freeze", time.time()
+    )
     await post("failure", 30)
     [row] = rows(db_path)
     assert (row["state"], row["last_error"]) == ("suppressed", "silenced by silence 1")
@@ -145,8 +160,7 @@ async def test_slack_429_retry_after_is_honoured_and_delivered_once(world, db_pa
 
 
 async def test_slack_down_retries_with_growing_delays_then_dead_after_max_age(world, db_path):
-    client, slack, post = await world(script=["500"] * 100,
-                                      notifications={"max_age": "3s", "backoff_base": "100ms"})
+    client, slack, post = await world(script=["500"] * 100, notifications={"max_age": "3s", "backoff_base": "100ms"})
     client.app[app_module.DISPATCHER].rng = lambda: 1.0  # the upper bound of the jitter: 0.1, 0.2, 0.4, ...
     await post("failure", 50)
     await until(lambda: settled(db_path), timeout=15, what="the row to end dead")
@@ -181,8 +195,13 @@ async def test_group_wait_gathers_failures_of_one_commit(world, db_path):
 
 
 async def test_a_failure_whose_rerun_passes_within_group_wait_is_not_announced(world, db_path):
-    rule = {"name": "main", "branches": ["master"], "sinks": ["team-slack"], "on": ["broken", "fixed"],
-            "group_wait": "2s"}
+    rule = {
+        "name": "main",
+        "branches": ["master"],
+        "sinks": ["team-slack"],
+        "on": ["broken", "fixed"],
+        "group_wait": "2s",
+    }
     client, slack, post = await world(rules=[rule])
     await post("failure", 70)
     await post("success", 70, attempt=2)
@@ -192,8 +211,13 @@ async def test_a_failure_whose_rerun_passes_within_group_wait_is_not_announced(w
 
 
 async def test_min_consecutive_failures_for_flaky_pipelines(world, db_path):
-    rule = {"name": "flaky", "branches": ["master"], "sinks": ["team-slack"], "on": ["broken", "fixed"],
-            "min_consecutive_failures": 2}
+    rule = {
+        "name": "flaky",
+        "branches": ["master"],
+        "sinks": ["team-slack"],
+        "on": ["broken", "fixed"],
+        "min_consecutive_failures": 2,
+    }
     client, slack, post = await world(rules=[rule])
     await post("failure", 80)
     await post("success", 81)  # one failure, then fixed: never announced, so no fix either

@@ -536,8 +536,9 @@ class standalone:  # noqa: N801 - used as `async with standalone(...)`
         self.store = Store(self.config.storage.path).open()
         self.session = aiohttp.ClientSession()
         ingest = Ingest(self.store, app_module.make_providers(self.config), Bus())
-        self.poller = Poller(self.store, ingest, ingest.providers, self.session, clock=self.clock,
-                             client_options=self.client_options)
+        self.poller = Poller(
+            self.store, ingest, ingest.providers, self.session, clock=self.clock, client_options=self.client_options
+        )
         await self.poller.start()
         return self.poller
 

@@ -31,14 +31,26 @@ def test_example_config_curl_and_runs(tmp_path):
     daemon = DaemonProcess(tmp_path, config)
     try:
         daemon.start()
-        sent = subprocess.run([str(ROOT / "examples" / "send-webhook.sh"), f"{daemon.url}/hooks/github"],
-                              capture_output=True, text=True, check=True)
+        sent = subprocess.run(
+            [str(ROOT / "examples" / "send-webhook.sh"), f"{daemon.url}/hooks/github"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         assert json.loads(sent.stdout)["status"] == "accepted"
-        listed = subprocess.run([sys.executable, "-m", "flowforged", "-c", str(daemon.config_path), "runs", "--json"],
-                                capture_output=True, text=True, check=True, cwd=ROOT)
+        listed = subprocess.run(
+            [sys.executable, "-m", "flowforged", "-c", str(daemon.config_path), "runs", "--json"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=ROOT,
+        )
         [run] = json.loads(listed.stdout)
         assert (run["pipeline"], run["status"], run["transition"]) == (
-            "octo-org/octo-repo/.github/workflows/ci.yml", "failed", "broken")
+            "octo-org/octo-repo/.github/workflows/ci.yml",
+            "failed",
+            "broken",
+        )
         deadline = time.monotonic() + 10  # the example's log sink tells the operator
         while '"event": "pipeline broken"' not in daemon.output():
             assert time.monotonic() < deadline, daemon.output()

@@ -32,9 +32,12 @@ def burst(round_: int, size: int) -> list[tuple[bytes, dict[str, str]]]:
     """Runs of one pipeline per round, alternating failure and success: each one a transition."""
     out = []
     for n in range(size):
-        payload = github_run("failure" if n % 2 == 0 else "success", run_id=round_ * 1000 + n,
-                             created_at=f"2026-11-27T{round_:02d}:{n // 60:02d}:{n % 60:02d}Z",
-                             updated_at=f"2026-11-27T{round_:02d}:{n // 60:02d}:{n % 60:02d}Z")
+        payload = github_run(
+            "failure" if n % 2 == 0 else "success",
+            run_id=round_ * 1000 + n,
+            created_at=f"2026-11-27T{round_:02d}:{n // 60:02d}:{n % 60:02d}Z",
+            updated_at=f"2026-11-27T{round_:02d}:{n // 60:02d}:{n % 60:02d}Z",
+        )
         payload["workflow_run"]["path"] = f".github/workflows/round{round_}.yml"
         body = json.dumps(payload).encode()
         out.append((body, github_headers(body, delivery=f"r{round_}-{n}")))
@@ -62,8 +65,11 @@ async def test_sigkill_at_random_moments_loses_nothing_and_notifies_once(tmp_pat
             kills.append(time.monotonic())  # once it is dead: nothing it sent can arrive after this
             await sender
         daemon.start()  # the last restart: whatever is due is sent now
-        await until(lambda: not rows(db, "SELECT id FROM outbox WHERE state = 'pending'"), timeout=30,
-                    what="every notification to be sent")
+        await until(
+            lambda: not rows(db, "SELECT id FROM outbox WHERE state = 'pending'"),
+            timeout=30,
+            what="every notification to be sent",
+        )
         assert daemon.kill(signal.SIGTERM) == 0
     finally:
         daemon.close()
@@ -125,8 +131,7 @@ async def test_a_provider_answering_429_and_5xx_is_backed_off_and_recovers(aioht
     server = await aiohttp_server(fake.app)
     completed(fake, "main", "success", created=600)
     source = github_source(server, [REPO], poll_interval=0, token="ghp_reliability")
-    async with standalone(make_config(base_config(db_path, sources={"github": source})), clock,
-                          sleep=sleep) as poller:
+    async with standalone(make_config(base_config(db_path, sources={"github": source})), clock, sleep=sleep) as poller:
         assert (await poller.poll_once("github")).ok
         fake.requests.clear()
         fake.fail_next(100, 502)  # an outage longer than the client's retries

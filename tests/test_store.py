@@ -19,16 +19,30 @@ NOW = "2026-11-27T09:00:00Z"
 
 
 def delivery(n: int | str, body: bytes = b"{}", source: str = "github", parse_error: str | None = None) -> Delivery:
-    return Delivery(source=source, delivery_id=str(n), origin="webhook", event="workflow_run",
-                    received_at=NOW, headers={"X-GitHub-Event": "workflow_run"}, body=body,
-                    parse_error=parse_error)
+    return Delivery(
+        source=source,
+        delivery_id=str(n),
+        origin="webhook",
+        event="workflow_run",
+        received_at=NOW,
+        headers={"X-GitHub-Event": "workflow_run"},
+        body=body,
+        parse_error=parse_error,
+    )
 
 
-def run_event(conclusion: str, run_id: int, *, attempt: int = 1, branch: str = "master",
-              created: str | None = None) -> RunEvent:
+def run_event(
+    conclusion: str, run_id: int, *, attempt: int = 1, branch: str = "master", created: str | None = None
+) -> RunEvent:
     created = created or f"2026-11-27T08:{run_id % 60:02d}:00Z"
-    payload = github_run(conclusion, run_id=run_id, attempt=attempt, branch=branch, created_at=created,
-                         updated_at=created.replace(":00Z", ":30Z"))
+    payload = github_run(
+        conclusion,
+        run_id=run_id,
+        attempt=attempt,
+        branch=branch,
+        created_at=created,
+        updated_at=created.replace(":00Z", ":30Z"),
+    )
     return normalize_run("github", payload["workflow_run"], payload["repository"])
 
 
@@ -92,8 +106,9 @@ async def test_the_same_state_twice_is_one_event_and_one_transition(store):
 
 async def test_a_late_in_progress_event_does_not_undo_completion(store):
     done = run_event("failure", 40)
-    payload = github_run(None, run_id=40, status="in_progress", created_at=done.created_at,
-                         updated_at="2026-11-27T08:40:05Z")
+    payload = github_run(
+        None, run_id=40, status="in_progress", created_at=done.created_at, updated_at="2026-11-27T08:40:05Z"
+    )
     running = normalize_run("github", payload["workflow_run"], payload["repository"])
     await feed(store, done, running)
     conn = sqlite3.connect(store.path)
@@ -175,14 +190,32 @@ async def test_reindex_picks_up_a_delivery_after_a_parser_fix(store, db_path):
 async def test_raw_retention_drops_old_bodies_but_keeps_dedupe_and_runs(store, db_path):
     from flowforged.store import queries
 
-    old = Delivery(source="github", delivery_id="old", origin="webhook", event="workflow_run",
-                   received_at="2026-01-01T00:00:00Z", headers={}, body=b'{"a": 1}')
+    old = Delivery(
+        source="github",
+        delivery_id="old",
+        origin="webhook",
+        event="workflow_run",
+        received_at="2026-01-01T00:00:00Z",
+        headers={},
+        body=b'{"a": 1}',
+    )
     await store.ingest(old, [run_event("failure", 90)], NOW)
     await store.ingest(delivery("new", body=b'{"b": 2}'), [], NOW)
     assert await store.write(queries.prune_raw, "2026-06-01T00:00:00Z") == 1
     assert await store.write(queries.prune_raw, "2026-06-01T00:00:00Z") == 0
     conn = sqlite3.connect(db_path)
     assert conn.execute("SELECT delivery_id, length(body) > 0 FROM deliveries ORDER BY id").fetchall() == [
-        ("old", 0), ("new", 1)]
+        ("old", 0),
+        ("new", 1),
+    ]
     assert conn.execute("SELECT count(*) FROM runs").fetchone()[0] == 1
     assert (await store.ingest(old, [], NOW)).duplicate  # a redelivery of a pruned id is still a duplicate
+
+
+def test_run_order_breaks_ties_by_run_number_not_by_id_text():
+    from flowforged.store.ingest import run_order
+
+    same_second = "2026-11-27T09:00:00Z"
+    assert run_order(same_second, "job#9", 1, 9) < run_order(same_second, "job#10", 1, 10)
+    assert run_order(same_second, "f0e1-uuid", 1, 41) < run_order(same_second, "0a1b-uuid", 1, 42)
+    assert run_order(same_second, "100", 1, 7) < run_order(same_second, "100", 2, 7)  # a re-run attempt is later

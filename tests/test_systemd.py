@@ -18,8 +18,15 @@ UNIT = ROOT / "systemd" / "flowforged.service"
 
 def test_unit_has_notify_watchdog_state_credentials_and_hardening():
     text = UNIT.read_text()
-    for line in ("Type=notify", "WatchdogSec=", "StateDirectory=flowforged", "LoadCredential=", "DynamicUser=yes",
-                 "ProtectSystem=strict", "NoNewPrivileges=yes"):
+    for line in (
+        "Type=notify",
+        "WatchdogSec=",
+        "StateDirectory=flowforged",
+        "LoadCredential=",
+        "DynamicUser=yes",
+        "ProtectSystem=strict",
+        "NoNewPrivileges=yes",
+    ):
         assert line in text
 
 
@@ -39,8 +46,9 @@ def test_unit_passes_systemd_analyze_verify(tmp_path: Path):
 
 
 def test_notifier_understands_abstract_sockets_and_watchdog_pid():
-    notifier = Notifier({"NOTIFY_SOCKET": "@flowforge-test", "WATCHDOG_USEC": "30000000",
-                         "WATCHDOG_PID": str(os.getpid())})
+    notifier = Notifier(
+        {"NOTIFY_SOCKET": "@flowforge-test", "WATCHDOG_USEC": "30000000", "WATCHDOG_PID": str(os.getpid())}
+    )
     assert notifier.address == "\0flowforge-test"
     assert notifier.watchdog_interval == 15.0
     assert Notifier({"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": "1"}).watchdog_interval is None

@@ -159,7 +159,11 @@ async def test_gitlab_pipeline_and_job_hooks(daemon, db_path):
     assert (await client.post("/hooks/gitlab", data=body, headers=gitlab_headers("Job Hook"))).status == 202
     [run] = runs(db_path)
     assert (run["pipeline"], run["run_id"], run["status"], run["branch"]) == (
-        "gitlab-org/gitlab-test", "31", "success", "master")
+        "gitlab-org/gitlab-test",
+        "31",
+        "success",
+        "master",
+    )
     assert (run["created_at"], run["finished_at"]) == ("2016-08-12T15:23:28Z", "2016-08-12T15:26:29Z")
     with sqlite3.connect(db_path) as conn:
         job = conn.execute("SELECT run_id, job_id, name, status, finished_at FROM jobs").fetchone()
@@ -194,8 +198,11 @@ SIGNING = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"  # base64 of a 24-byte k
 def signed_gitlab(body: bytes, *, timestamp: int | None = None, token: str = SIGNING) -> dict[str, str]:
     timestamp = int(time.time()) if timestamp is None else timestamp
     headers = gitlab_headers(delivery="msg-1")
-    headers |= {"webhook-id": "msg-1", "webhook-timestamp": str(timestamp),
-                "webhook-signature": gitlab.sign(token, "msg-1", str(timestamp), body)}
+    headers |= {
+        "webhook-id": "msg-1",
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": gitlab.sign(token, "msg-1", str(timestamp), body),
+    }
     return headers
 
 
@@ -265,5 +272,6 @@ def test_github_secret_vector():
 
     # GitHub's own test vector (docs: "Validating webhook deliveries").
     assert github.sign("It's a Secret to Everybody", b"Hello, World!") == (
-        "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17")
+        "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17"
+    )
     assert GITHUB_SECRET and GITLAB_TOKEN

@@ -37,9 +37,12 @@ async def test_runs_missed_while_down_are_found_and_each_failure_notified_once(
     client, slack = await start_daemon(aiohttp_client, aiohttp_server, db_path, github)
     await until(lambda: client.app[POLLER].last_cycle("github") is not None)
     await client.close()  # the daemon is down and no webhook reaches it: five runs, two failing
-    made = [completed(github, branch, conclusion, created=3000 - n * 300)
-            for n, (branch, conclusion) in enumerate([("main", "success"), ("main", "failure"), ("main", "failure"),
-                                                      ("dev", "success"), ("dev", "failure")])]
+    made = [
+        completed(github, branch, conclusion, created=3000 - n * 300)
+        for n, (branch, conclusion) in enumerate(
+            [("main", "success"), ("main", "failure"), ("main", "failure"), ("dev", "success"), ("dev", "failure")]
+        )
+    ]
     client, slack = await start_daemon(aiohttp_client, aiohttp_server, db_path, github)
     poller = client.app[POLLER]
     await until(lambda: poller.last_cycle("github") is not None, what="the first cycle after the restart")
@@ -68,8 +71,11 @@ async def test_trigger_rerun_and_cancel_through_the_api_reach_github(aiohttp_cli
     assert run["run_id"] == str(failed["id"])
     github.requests.clear()
 
-    response = await client.post(f"/api/v1/pipelines/{pipeline['id']}/trigger", headers=AUTH,
-                                 json={"ref": "main", "inputs": {"environment": "staging"}})
+    response = await client.post(
+        f"/api/v1/pipelines/{pipeline['id']}/trigger",
+        headers=AUTH,
+        json={"ref": "main", "inputs": {"environment": "staging"}},
+    )
     assert response.status == 202, await response.text()
     response = await client.post(f"/api/v1/runs/{run['id']}/rerun", headers=AUTH, json={"failed_only": True})
     assert response.status == 202, await response.text()
@@ -77,8 +83,11 @@ async def test_trigger_rerun_and_cancel_through_the_api_reach_github(aiohttp_cli
     assert response.status == 202, await response.text()
     posts = [(r.method, r.path, r.json) for r in github.requests if r.method == "POST"]
     assert posts == [
-        ("POST", f"/repos/{REPO}/actions/workflows/ci.yml/dispatches",
-         {"ref": "main", "inputs": {"environment": "staging"}, "return_run_details": True}),
+        (
+            "POST",
+            f"/repos/{REPO}/actions/workflows/ci.yml/dispatches",
+            {"ref": "main", "inputs": {"environment": "staging"}, "return_run_details": True},
+        ),
         ("POST", f"/repos/{REPO}/actions/runs/{failed['id']}/rerun-failed-jobs", None),
         ("POST", f"/repos/{REPO}/actions/runs/{failed['id']}/force-cancel", None),
     ]

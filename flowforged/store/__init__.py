@@ -40,12 +40,12 @@ _ITEM_ERRORS = (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.Interf
 _STOP = object()
 
 
-def connect(path: Path, *, readonly: bool = False, synchronous: str = "NORMAL",
-            busy_timeout: float = 5.0) -> sqlite3.Connection:
+def connect(
+    path: Path, *, readonly: bool = False, synchronous: str = "NORMAL", busy_timeout: float = 5.0
+) -> sqlite3.Connection:
     """A connection with FlowForge's settings. Transactions are explicit (isolation_level=None)."""
     if readonly:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None,
-                               check_same_thread=False)
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False)
     else:
         path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(path, isolation_level=None)
@@ -65,8 +65,15 @@ class _Job:
 
 
 class Store:
-    def __init__(self, path: Path, *, synchronous: str = "NORMAL", busy_timeout: float = 5.0, readers: int = 4,
-                 on_transition: TransitionHook | None = None):
+    def __init__(
+        self,
+        path: Path,
+        *,
+        synchronous: str = "NORMAL",
+        busy_timeout: float = 5.0,
+        readers: int = 4,
+        on_transition: TransitionHook | None = None,
+    ):
         self.path = Path(path)
         self.synchronous = synchronous
         self.busy_timeout = busy_timeout
@@ -236,8 +243,13 @@ def _resolve(outcomes: list[tuple[_Job, Any, BaseException | None]]) -> None:
             pass  # the loop is closed: nobody is waiting any more
 
 
-def reindex(conn: sqlite3.Connection, decode: Callable[[str, dict[str, str], bytes, str], tuple[list[Any], str | None]],
-            now: str, only_errors: bool = False, batch: int = 500) -> Iterator[tuple[int, int, int]]:
+def reindex(
+    conn: sqlite3.Connection,
+    decode: Callable[[str, dict[str, str], bytes, str], tuple[list[Any], str | None]],
+    now: str,
+    only_errors: bool = False,
+    batch: int = 500,
+) -> Iterator[tuple[int, int, int]]:
     """Re-normalize raw deliveries in order, `batch` per transaction. Yields (done, events, errors).
 
     Idempotent: states already recorded are skipped by their key. No notification is written for what

@@ -18,8 +18,6 @@ from typing import Any
 from flowforged.model import Event, JobEvent, RunEvent, Status, next_transition, seconds_between
 from flowforged.store import totals
 
-# Later runs sort after earlier ones: by creation time, then run id, then attempt (a re-run attempt
-# of a run is later than the run).
 _RANK = {Status.PENDING: 0, Status.BLOCKED: 1, Status.RUNNING: 2}
 _REPLACED = frozenset({"status", "provider_status", "updated_at", "finished_at", "duration_seconds"})
 
@@ -51,8 +49,12 @@ class IngestResult:
 TransitionHook = Callable[[sqlite3.Connection, dict[str, Any], bool], None]
 
 
-def run_order(created_at: str | None, run_id: str, attempt: int) -> str:
-    padded = run_id.rjust(20, "0") if run_id.isdigit() else run_id
+def run_order(created_at: str | None, run_id: str, attempt: int, number: int | None = None) -> str:
+    """Later runs sort after earlier ones: by creation time, then the run's number (Buildkite's ids are
+    UUIDs and Jenkins' are `job#9`, which do not sort; every provider numbers its runs), then the
+    run id, then the attempt (a re-run attempt of a run is later than the run)."""
+    key = str(number) if number is not None else run_id
+    padded = key.rjust(20, "0") if key.isdigit() else key
     return f"{created_at or ''}|{padded}|{attempt:05d}"
 
 
@@ -66,16 +68,34 @@ def event_data(event: Event) -> dict[str, Any]:
 
 def event_key(event: Event) -> str:
     job = event.job_id if isinstance(event, JobEvent) else ""
-    return "|".join((event.source, event.kind, event.run_id, str(event.attempt), job, event.status.value,
-                     event.provider_status, event.updated_at))
+    return "|".join(
+        (
+            event.source,
+            event.kind,
+            event.run_id,
+            str(event.attempt),
+            job,
+            event.status.value,
+            event.provider_status,
+            event.updated_at,
+        )
+    )
 
 
 def insert_delivery(conn: sqlite3.Connection, delivery: Delivery) -> int | None:
     cursor = conn.execute(
         "INSERT INTO deliveries (source, delivery_id, origin, event, received_at, headers, body, parse_error)"
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (source, delivery_id) DO NOTHING",
-        (delivery.source, delivery.delivery_id, delivery.origin, delivery.event, delivery.received_at,
-         json.dumps(dict(delivery.headers)), zlib.compress(delivery.body, 1), delivery.parse_error),
+        (
+            delivery.source,
+            delivery.delivery_id,
+            delivery.origin,
+            delivery.event,
+            delivery.received_at,
+            json.dumps(dict(delivery.headers)),
+            zlib.compress(delivery.body, 1),
+            delivery.parse_error,
+        ),
     )
     return cursor.lastrowid if cursor.rowcount else None
 
@@ -112,9 +132,21 @@ def apply_events(
             "INSERT INTO events (delivery, source, kind, pipeline, run_id, attempt, job_id, status,"
             " provider_status, updated_at, recorded_at, key, data) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
             " ON CONFLICT (key) DO NOTHING",
-            (delivery, event.source, event.kind, event.pipeline, event.run_id, event.attempt, job_id,
-             event.status.value, event.provider_status, event.updated_at, now, event_key(event),
-             json.dumps(data)),
+            (
+                delivery,
+                event.source,
+                event.kind,
+                event.pipeline,
+                event.run_id,
+                event.attempt,
+                job_id,
+                event.status.value,
+                event.provider_status,
+                event.updated_at,
+                now,
+                event_key(event),
+                json.dumps(data),
+            ),
         )
         if not cursor.rowcount:
             continue  # this state of this run was recorded before (webhook and poll, or a redelivery)
@@ -158,14 +190,25 @@ def _apply_run(
     created = event.created_at or (existing[3] if existing else None)
     started = event.started_at or (existing[4] if existing else None)
     values = {
-        "source": event.source, "pipeline": event.pipeline, "run_id": event.run_id,
-        "attempt": event.attempt, "number": event.number, "branch": event.branch, "sha": event.sha,
-        "status": event.status.value, "provider_status": event.provider_status, "url": event.url,
-        "created_at": created, "started_at": started, "finished_at": event.finished_at,
+        "source": event.source,
+        "pipeline": event.pipeline,
+        "run_id": event.run_id,
+        "attempt": event.attempt,
+        "number": event.number,
+        "branch": event.branch,
+        "sha": event.sha,
+        "status": event.status.value,
+        "provider_status": event.provider_status,
+        "url": event.url,
+        "created_at": created,
+        "started_at": started,
+        "finished_at": event.finished_at,
         "updated_at": event.updated_at,
         "duration_seconds": seconds_between(started, event.finished_at),
         "queue_seconds": seconds_between(created, started),
-        "commit_message": event.commit_message, "author": event.author, "trigger": event.trigger,
+        "commit_message": event.commit_message,
+        "author": event.author,
+        "trigger": event.trigger,
     }
     if existing is None:
         columns = ", ".join(values)
@@ -185,8 +228,7 @@ def _apply_run(
         )
     if not event.status.terminal or previous == event.status.value:
         return
-    run = {"id": run_row, **values, "default_branch": event.default_branch,
-           "pipeline_name": event.pipeline_name}
+    run = {"id": run_row, **values, "default_branch": event.default_branch, "pipeline_name": event.pipeline_name}
     result.finished.append(run)
     totals.add(conn, run)  # what Metrics.run_finished() will count, for rebuild() at the next start
     if event.status.decisive:
@@ -204,7 +246,7 @@ def _decide(
 ) -> None:
     """Compare a decisive run with the previous decisive run of its pipeline+branch."""
     branch = event.branch or ""
-    order = run_order(run["created_at"], event.run_id, event.attempt)
+    order = run_order(run["created_at"], event.run_id, event.attempt, event.number)
     state = conn.execute(
         "SELECT status, run_order, consecutive_failures FROM pipeline_state"
         " WHERE source = ? AND pipeline = ? AND branch = ?",
@@ -221,14 +263,17 @@ def _decide(
         " since) VALUES (?,?,?,?,?,?,?,?) ON CONFLICT (source, pipeline, branch) DO UPDATE SET"
         " status = excluded.status, run = excluded.run, run_order = excluded.run_order,"
         " consecutive_failures = excluded.consecutive_failures, since = COALESCE(?, since)",
-        (event.source, event.pipeline, branch, event.status.value, run["id"], order, failures,
-         since or now, since),
+        (event.source, event.pipeline, branch, event.status.value, run["id"], order, failures, since or now, since),
     )
     if transition is None:
         return
     conn.execute("UPDATE runs SET transition = ? WHERE id = ?", (transition.value, run["id"]))
-    record = {**run, "transition": transition.value, "consecutive_failures": failures,
-              "previous_failures": state[2] if previous is Status.FAILED else 0}
+    record = {
+        **run,
+        "transition": transition.value,
+        "consecutive_failures": failures,
+        "previous_failures": state[2] if previous is Status.FAILED else 0,
+    }
     result.transitions.append(record)
     if on_transition is not None:
         on_transition(conn, record, notify)
@@ -247,7 +292,18 @@ def _apply_job(conn: sqlite3.Connection, event: JobEvent) -> None:
         " provider_status = excluded.provider_status, name = excluded.name,"
         " started_at = COALESCE(excluded.started_at, started_at), finished_at = excluded.finished_at,"
         " updated_at = excluded.updated_at, url = COALESCE(excluded.url, url)",
-        (event.source, event.run_id, event.attempt, event.job_id, event.name, event.stage,
-         event.status.value, event.provider_status, event.url, event.started_at, event.finished_at,
-         event.updated_at),
+        (
+            event.source,
+            event.run_id,
+            event.attempt,
+            event.job_id,
+            event.name,
+            event.stage,
+            event.status.value,
+            event.provider_status,
+            event.url,
+            event.started_at,
+            event.finished_at,
+            event.updated_at,
+        ),
     )

@@ -25,8 +25,9 @@ def insert(conn: sqlite3.Connection, row: dict[str, Any]) -> int | None:
     return cursor.lastrowid if cursor.rowcount else None
 
 
-def last_failure_notice(conn: sqlite3.Connection, rule: str, sink: str, source: str, pipeline: str,
-                        branch: str | None) -> float | None:
+def last_failure_notice(
+    conn: sqlite3.Connection, rule: str, sink: str, source: str, pipeline: str, branch: str | None
+) -> float | None:
     """When this rule last told this sink that the pipeline+branch is failing (for repeat_interval)."""
     row = conn.execute(
         "SELECT max(created_at) FROM outbox WHERE source = ? AND pipeline = ? AND branch IS ? AND rule = ?"
@@ -36,8 +37,9 @@ def last_failure_notice(conn: sqlite3.Connection, rule: str, sink: str, source: 
     return row[0]
 
 
-def supersede_waiting_breakage(conn: sqlite3.Connection, source: str, pipeline: str, branch: str | None,
-                               now: float) -> int:
+def supersede_waiting_breakage(
+    conn: sqlite3.Connection, source: str, pipeline: str, branch: str | None, now: float
+) -> int:
     """A fix that arrives while the breakage is still in its group wait: neither is worth a message."""
     cursor = conn.execute(
         "UPDATE outbox SET state = 'superseded', last_error = 'fixed within group_wait'"
@@ -48,14 +50,16 @@ def supersede_waiting_breakage(conn: sqlite3.Connection, source: str, pipeline: 
     return cursor.rowcount
 
 
-def active_silence(conn: sqlite3.Connection, source: str, pipeline: str, branch: str | None,
-                   now: float) -> int | None:
+def active_silence(conn: sqlite3.Connection, source: str, pipeline: str, branch: str | None, now: float) -> int | None:
     rows = conn.execute(
         "SELECT id, sources, pipelines, branches FROM silences WHERE until > ? AND expired_at IS NULL", (now,)
     ).fetchall()
     for silence_id, sources, pipelines, branches in rows:
-        if (_matches(source, json.loads(sources)) and _matches(pipeline, json.loads(pipelines))
-                and _matches(branch or "", json.loads(branches))):
+        if (
+            _matches(source, json.loads(sources))
+            and _matches(pipeline, json.loads(pipelines))
+            and _matches(branch or "", json.loads(branches))
+        ):
             return silence_id
     return None
 
@@ -73,9 +77,7 @@ def due(conn: sqlite3.Connection, sink: str, now: float, limit: int = 200) -> li
 
 
 def next_due(conn: sqlite3.Connection, sink: str) -> float | None:
-    return conn.execute(
-        "SELECT min(due_at) FROM outbox WHERE state = 'pending' AND sink = ?", (sink,)
-    ).fetchone()[0]
+    return conn.execute("SELECT min(due_at) FROM outbox WHERE state = 'pending' AND sink = ?", (sink,)).fetchone()[0]
 
 
 def group(conn: sqlite3.Connection, group_key: str) -> list[dict[str, Any]]:
@@ -129,8 +131,9 @@ def retry(conn: sqlite3.Connection, row_id: int, now: float) -> bool:
     return bool(cursor.rowcount)
 
 
-def notifications(conn: sqlite3.Connection, state: str | None = None, before: int | None = None,
-                  limit: int = 50) -> list[dict[str, Any]]:
+def notifications(
+    conn: sqlite3.Connection, state: str | None = None, before: int | None = None, limit: int = 50
+) -> list[dict[str, Any]]:
     clauses, params = [], []
     if state is not None:
         clauses.append("state = ?")
@@ -139,8 +142,10 @@ def notifications(conn: sqlite3.Connection, state: str | None = None, before: in
         clauses.append("id < ?")
         params.append(before)
     where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-    columns = ("id, sink, rule, transition, source, pipeline, branch, run, sha, state, created_at, due_at,"
-               " attempts, last_error, sent_at, answer")
+    columns = (
+        "id, sink, rule, transition, source, pipeline, branch, run, sha, state, created_at, due_at,"
+        " attempts, last_error, sent_at, answer"
+    )
     sql = f"SELECT {columns} FROM outbox {where} ORDER BY id DESC LIMIT ?"  # noqa: S608 - placeholders only
     rows = conn.execute(sql, (*params, limit)).fetchall()
     return [dict(row) for row in rows]
@@ -152,8 +157,15 @@ def depth(conn: sqlite3.Connection) -> dict[str, int]:
     return counts
 
 
-def add_silence(conn: sqlite3.Connection, sources: list[str], pipelines: list[str], branches: list[str],
-                until: float, comment: str, now: float) -> int:
+def add_silence(
+    conn: sqlite3.Connection,
+    sources: list[str],
+    pipelines: list[str],
+    branches: list[str],
+    until: float,
+    comment: str,
+    now: float,
+) -> int:
     cursor = conn.execute(
         "INSERT INTO silences (sources, pipelines, branches, until, comment, created_at) VALUES (?,?,?,?,?,?)",
         (json.dumps(sources), json.dumps(pipelines), json.dumps(branches), until, comment, now),
@@ -176,7 +188,5 @@ def silences(conn: sqlite3.Connection, now: float, include_expired: bool = False
 
 
 def expire_silence(conn: sqlite3.Connection, silence_id: int, now: float) -> bool:
-    cursor = conn.execute(
-        "UPDATE silences SET expired_at = ? WHERE id = ? AND expired_at IS NULL", (now, silence_id)
-    )
+    cursor = conn.execute("UPDATE silences SET expired_at = ? WHERE id = ? AND expired_at IS NULL", (now, silence_id))
     return bool(cursor.rowcount)

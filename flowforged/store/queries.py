@@ -5,10 +5,23 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
-RUN_FIELDS = ("id", "source", "pipeline", "run_id", "attempt", "branch", "sha", "status", "provider_status",
-              "url", "started_at", "finished_at", "duration_seconds", "transition")
-EXTRA_RUN_FIELDS = ("number", "created_at", "updated_at", "queue_seconds", "commit_message", "author",
-                    "trigger")
+RUN_FIELDS = (
+    "id",
+    "source",
+    "pipeline",
+    "run_id",
+    "attempt",
+    "branch",
+    "sha",
+    "status",
+    "provider_status",
+    "url",
+    "started_at",
+    "finished_at",
+    "duration_seconds",
+    "transition",
+)
+EXTRA_RUN_FIELDS = ("number", "created_at", "updated_at", "queue_seconds", "commit_message", "author", "trigger")
 
 
 def run_dict(row: sqlite3.Row | dict[str, Any]) -> dict[str, Any]:
@@ -37,15 +50,18 @@ def runs(
         params.append(before)
     where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
     rows = conn.execute(
-        f"SELECT * FROM runs {where} ORDER BY id DESC LIMIT ?", (*params, limit)  # noqa: S608
+        f"SELECT * FROM runs {where} ORDER BY id DESC LIMIT ?",  # noqa: S608 - placeholders only
+        (*params, limit),
     ).fetchall()
     return [run_dict(row) for row in rows]
 
 
 def heartbeat(conn: sqlite3.Connection) -> None:
     """A write that must reach the disk: the readiness probe."""
-    conn.execute("INSERT INTO heartbeat (id, at) VALUES (1, strftime('%Y-%m-%dT%H:%M:%fZ'))"
-                 " ON CONFLICT (id) DO UPDATE SET at = excluded.at")
+    conn.execute(
+        "INSERT INTO heartbeat (id, at) VALUES (1, strftime('%Y-%m-%dT%H:%M:%fZ'))"
+        " ON CONFLICT (id) DO UPDATE SET at = excluded.at"
+    )
 
 
 def prune_raw(conn: sqlite3.Connection, before: str, batch: int = 1000) -> int:

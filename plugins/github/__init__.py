@@ -136,9 +136,7 @@ class GitHubProvider(Provider):
         signature = headers.get("X-Hub-Signature-256")
         if not signature:
             if headers.get("X-Hub-Signature"):
-                raise WebhookRejected(
-                    "only the SHA-1 X-Hub-Signature was sent; X-Hub-Signature-256 is required"
-                )
+                raise WebhookRejected("only the SHA-1 X-Hub-Signature was sent; X-Hub-Signature-256 is required")
             raise WebhookRejected("X-Hub-Signature-256 is missing")
         expected = sign(secret.get(), body)
         if not hmac.compare_digest(expected.encode(), signature.strip().encode()):
@@ -188,14 +186,10 @@ class GitHubProvider(Provider):
             )
         return await api.trigger(self.name, client, pipeline, ref, inputs)
 
-    async def rerun(
-        self, client: ProviderClient, run: Mapping[str, Any], failed_only: bool
-    ) -> dict[str, Any] | None:
+    async def rerun(self, client: ProviderClient, run: Mapping[str, Any], failed_only: bool) -> dict[str, Any] | None:
         await api.rerun(self.name, client, run, failed_only)
         return None
 
-    async def cancel(
-        self, client: ProviderClient, run: Mapping[str, Any], force: bool
-    ) -> dict[str, Any] | None:
+    async def cancel(self, client: ProviderClient, run: Mapping[str, Any], force: bool) -> dict[str, Any] | None:
         await api.cancel(self.name, client, run, force)
         return None

@@ -49,8 +49,12 @@ class GitLabSourceConfig(SourceConfig):
     def problems(self) -> list[tuple[str, str]]:
         found = []
         if self.webhook_secret is None and self.signing_token is None and not self.insecure_no_auth:
-            found.append(("webhook_secret", "missing (set webhook_secret or signing_token, "
-                                            "or insecure_no_auth: true to accept any request)"))
+            found.append(
+                (
+                    "webhook_secret",
+                    "missing (set webhook_secret or signing_token, or insecure_no_auth: true to accept any request)",
+                )
+            )
         try:
             api.parse_projects(self.repos)
         except ValueError as exc:
@@ -220,8 +224,16 @@ class GitLabProvider(Provider):
     type = "gitlab"
     api = api
     config_model = GitLabSourceConfig
-    stored_headers = ("X-Gitlab-Event", "X-Gitlab-Event-UUID", "X-Gitlab-Webhook-UUID", "Idempotency-Key",
-                      "webhook-id", "webhook-timestamp", "Content-Type", "User-Agent")
+    stored_headers = (
+        "X-Gitlab-Event",
+        "X-Gitlab-Event-UUID",
+        "X-Gitlab-Webhook-UUID",
+        "Idempotency-Key",
+        "webhook-id",
+        "webhook-timestamp",
+        "Content-Type",
+        "User-Agent",
+    )
 
     def verify(self, headers: Headers, body: bytes, now: float) -> None:
         config: GitLabSourceConfig = self.config  # type: ignore[assignment]
@@ -285,12 +297,8 @@ class GitLabProvider(Provider):
     ) -> dict[str, Any] | None:
         return await api.trigger(self.name, client, pipeline, ref, inputs, variables)
 
-    async def rerun(
-        self, client: ProviderClient, run: Mapping[str, Any], failed_only: bool
-    ) -> dict[str, Any] | None:
+    async def rerun(self, client: ProviderClient, run: Mapping[str, Any], failed_only: bool) -> dict[str, Any] | None:
         return await api.retry(self.name, client, run)
 
-    async def cancel(
-        self, client: ProviderClient, run: Mapping[str, Any], force: bool
-    ) -> dict[str, Any] | None:
+    async def cancel(self, client: ProviderClient, run: Mapping[str, Any], force: bool) -> dict[str, Any] | None:
         return await api.cancel(self.name, client, run)

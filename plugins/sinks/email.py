@@ -199,16 +199,9 @@ def html_body(notification: Notification) -> str:
         parts += [_html_item(_item(other), detailed=False) for other in others[:MAX_OTHERS_LISTED]]
         if len(others) > MAX_OTHERS_LISTED:
             parts.append(f"<p>…and {len(others) - MAX_OTHERS_LISTED} more</p>")
-    footer = (
-        f"Sent by FlowForge (source {html.escape(notification.source)}, "
-        f"sink {html.escape(notification.sink)})."
-    )
+    footer = f"Sent by FlowForge (source {html.escape(notification.source)}, sink {html.escape(notification.sink)})."
     parts.append(f'<p style="color:#57606a;font-size:12px">{footer}</p>')
-    return (
-        '<!DOCTYPE html>\n<html><body style="font-family:sans-serif">\n'
-        + "\n".join(parts)
-        + "\n</body></html>\n"
-    )
+    return '<!DOCTYPE html>\n<html><body style="font-family:sans-serif">\n' + "\n".join(parts) + "\n</body></html>\n"
 
 
 def _item(source: Notification | Mapping[str, Any]) -> dict[str, Any]:

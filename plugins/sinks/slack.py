@@ -103,9 +103,7 @@ def answer(status: int, text: str, wait: float | None) -> str:
         return "ok"
     if status == 429:
         # Slack always sends Retry-After with a 429; one second is its documented pace anyway.
-        raise SinkError(
-            "Slack is rate limiting this webhook (HTTP 429)", retry_after=wait if wait is not None else 1.0
-        )
+        raise SinkError("Slack is rate limiting this webhook (HTTP 429)", retry_after=wait if wait is not None else 1.0)
     if status >= 500 and error not in PERMANENT_ERRORS:
         raise SinkError(f"Slack answered HTTP {status}: {error or 'no details'}")
     hint = PERMANENT_ERRORS.get(error, "Slack will not accept this message")
@@ -187,9 +185,7 @@ def _fields(item: Notification | Mapping[str, Any]) -> dict[str, Any]:
     }
     fields["transition"] = str(fields["transition"] or "")
     fields["pipeline"] = pipeline
-    fields["name"] = truncate(
-        str(data.get("pipeline_name") or pipeline.rpartition("/")[2] or "pipeline"), MAX_NAME
-    )
+    fields["name"] = truncate(str(data.get("pipeline_name") or pipeline.rpartition("/")[2] or "pipeline"), MAX_NAME)
     fields["attempt"] = data.get("attempt") or 1
     fields["failed_jobs"] = [str(job) for job in data.get("failed_jobs") or ()]
     fields["others"] = list(data.get("others") or ())

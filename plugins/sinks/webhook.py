@@ -129,14 +129,11 @@ class WebhookSink(Sink):
         host = yarl.URL(url).host
         body = payload(notification)
         headers = {
-            key: value.get() if isinstance(value, Secret) else value
-            for key, value in self.config.headers.items()
+            key: value.get() if isinstance(value, Secret) else value for key, value in self.config.headers.items()
         }
         headers["Content-Type"] = "application/json"
         if self.config.secret is not None:
-            headers.update(
-                signature_headers(self.config.secret.get(), f"ff_{notification.id}", int(time.time()), body)
-            )
+            headers.update(signature_headers(self.config.secret.get(), f"ff_{notification.id}", int(time.time()), body))
         try:
             # No redirects: a signed request replayed to wherever a Location points is not wanted.
             async with context.http.post(
@@ -176,7 +173,5 @@ def answer(status: int, text: str, wait: float | None, host: str, secrets: Seque
     if status in (408, 429) or status >= 500:
         raise SinkError(f"{host} answered HTTP {status}{said}", retry_after=wait)
     if 300 <= status < 400:
-        raise PermanentSinkError(
-            f"{host} answered HTTP {status} (a redirect): set the sink's url to the new location"
-        )
+        raise PermanentSinkError(f"{host} answered HTTP {status} (a redirect): set the sink's url to the new location")
     raise PermanentSinkError(f"{host} answered HTTP {status}{said}")

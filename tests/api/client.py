@@ -218,8 +218,9 @@ class Api:
 
 async def start(aiohttp_client: Callable[..., Any], db_path: Path, **sections: Any) -> Api:
     operations = FakeOperations()
-    application = app_module.build(make_config(base_config(db_path, rules=RULES, **sections)),
-                                   operations=operations, sse_keepalive=0.2)
+    application = app_module.build(
+        make_config(base_config(db_path, rules=RULES, **sections)), operations=operations, sse_keepalive=0.2
+    )
     return Api(await aiohttp_client(application), operations, db_path)
 
 

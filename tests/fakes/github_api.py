@@ -40,9 +40,7 @@ from yarl import URL
 from flowforged_plugins.github import sign
 
 # The same place tests/conftest.py reads them from.
-FIXTURES = Path(
-    os.environ.get("FLOWFORGE_FIXTURES", Path(__file__).resolve().parents[3] / "shared" / "fixtures")
-)
+FIXTURES = Path(os.environ.get("FLOWFORGE_FIXTURES", Path(__file__).resolve().parents[3] / "shared" / "fixtures"))
 API = "https://api.github.com"
 WEB = "https://github.com"
 DOCS = "https://docs.github.com/rest"
@@ -130,9 +128,7 @@ class FakeProviderAPI:
     credential_headers: tuple[str, ...] = ("Authorization",)
     not_modified_counts = False  # whether a 304 spends a request of the budget
 
-    def __init__(
-        self, token: str, *, rate_limit: int, window: float, clock: Callable[[], float] = time.time
-    ) -> None:
+    def __init__(self, token: str, *, rate_limit: int, window: float, clock: Callable[[], float] = time.time) -> None:
         self.token = token
         self.clock = clock
         self.rate_limit = rate_limit
@@ -156,9 +152,7 @@ class FakeProviderAPI:
 
     # --- scripting ---
 
-    def fail_next(
-        self, n: int = 1, status: int = 500, body: Any = None, headers: dict[str, str] | None = None
-    ) -> None:
+    def fail_next(self, n: int = 1, status: int = 500, body: Any = None, headers: dict[str, str] | None = None) -> None:
         """The next `n` requests (after auth) get this answer instead of the real one."""
         default = {"message": "Server Error"} if status >= 500 else {"message": "error"}
         for _ in range(n):
@@ -251,9 +245,7 @@ class FakeProviderAPI:
         for name in self.credential_headers:
             headers.popall(name, None)
         self.requests.append(
-            RecordedRequest(
-                request.method, request.raw_path.split("?")[0], MultiDict(request.query), headers, body
-            )
+            RecordedRequest(request.method, request.raw_path.split("?")[0], MultiDict(request.query), headers, body)
         )
 
     def links(self, request: web.Request, page: int, last: int, always_first_last: bool) -> str | None:
@@ -451,9 +443,7 @@ class FakeGitHub(FakeProviderAPI):
     def set_run_status(self, run_id: int, status: str, conclusion: str | None = None) -> dict[str, Any]:
         """Move a run on, as GitHub does: updated_at changes, so its ETags change."""
         run = self.runs[run_id]
-        run.update(
-            status=status, conclusion=conclusion if status == "completed" else None, updated_at=self.now()
-        )
+        run.update(status=status, conclusion=conclusion if status == "completed" else None, updated_at=self.now())
         if status == "in_progress":
             run["run_started_at"] = self.now()
         return run
@@ -512,9 +502,7 @@ class FakeGitHub(FakeProviderAPI):
         return scheme.lower() in ("bearer", "token") and value == self.token
 
     def unauthorized(self) -> web.Response:
-        return web.json_response(
-            {"message": "Bad credentials", "documentation_url": DOCS, "status": "401"}, status=401
-        )
+        return web.json_response({"message": "Bad credentials", "documentation_url": DOCS, "status": "401"}, status=401)
 
     def limit_exceeded(self) -> web.Response:
         # https://docs.github.com/en/rest/using-the-rest-api/rate-limits-for-the-rest-api#exceeding-the-primary-rate-limit
@@ -534,18 +522,14 @@ class FakeGitHub(FakeProviderAPI):
         }
 
     def error(self, status: int, message: Any) -> web.Response:
-        return web.json_response(
-            {"message": message, "documentation_url": DOCS, "status": str(status)}, status=status
-        )
+        return web.json_response({"message": message, "documentation_url": DOCS, "status": str(status)}, status=status)
 
     def body(self, request: web.Request, data: Any, status: int = 200, headers: Any = None) -> web.Response:
         origin = str(request.url.origin())
         text = json.dumps(data).replace(API, origin)
         return web.Response(text=text, status=status, content_type="application/json", headers=headers)
 
-    def listing(
-        self, request: web.Request, items: list[Any], wrap: Callable[[list[Any]], Any]
-    ) -> web.Response:
+    def listing(self, request: web.Request, items: list[Any], wrap: Callable[[list[Any]], Any]) -> web.Response:
         """A page of `items`: per_page (default 30, at most 100) and page, with Link headers."""
         per_page = int_param(request, "per_page", 30, 100)
         page = int_param(request, "page", 1)
@@ -622,9 +606,7 @@ class FakeGitHub(FakeProviderAPI):
         # https://docs.github.com/en/rest/repos/repos#list-organization-repositories: sort created
         # (default), updated, pushed or full_name; direction desc by default, asc for full_name.
         org = request.match_info["org"]
-        repos = [
-            r for r in self.repos.values() if r["owner"]["login"] == org and r["owner"]["type"] == "Organization"
-        ]
+        repos = [r for r in self.repos.values() if r["owner"]["login"] == org and r["owner"]["type"] == "Organization"]
         if not repos:
             return self.error(404, "Not Found")
         return self.listing(request, self._sorted_repos(request, repos), lambda chunk: chunk)
@@ -675,9 +657,7 @@ class FakeGitHub(FakeProviderAPI):
             return self.error(403, "This workflow is already running")
         failed_only = request.path.endswith("rerun-failed-jobs")
         previous = [j for j in self.jobs[run["id"]] if j["run_attempt"] == run["run_attempt"]]
-        run.update(
-            run_attempt=run["run_attempt"] + 1, status="queued", conclusion=None, updated_at=self.now()
-        )
+        run.update(run_attempt=run["run_attempt"] + 1, status="queued", conclusion=None, updated_at=self.now())
         for job in previous:
             redo = not failed_only or job["conclusion"] not in ("success", "skipped", "neutral")
             if redo:

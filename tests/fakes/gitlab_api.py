@@ -232,9 +232,7 @@ class FakeGitLab(FakeProviderAPI):
         }
         return pipeline
 
-    def add_job(
-        self, pipeline_id: int, name: str, *, stage: str = "test", status: str = "created"
-    ) -> dict[str, Any]:
+    def add_job(self, pipeline_id: int, name: str, *, stage: str = "test", status: str = "created") -> dict[str, Any]:
         pipeline = self.pipelines[pipeline_id]
         project = self.projects[pipeline["project_id"]]
         job_id = next(self._ids)
@@ -413,9 +411,7 @@ class FakeGitLab(FakeProviderAPI):
         items = [
             p
             for p in self.projects.values()
-            if p["namespace"]["full_path"] == path
-            or subgroups
-            and p["namespace"]["full_path"].startswith(path + "/")
+            if p["namespace"]["full_path"] == path or subgroups and p["namespace"]["full_path"].startswith(path + "/")
         ]
         items.sort(key=lambda p: p["id"], reverse=True)  # the default order is created_at, newest first
         return self.listing(request, items)
@@ -437,9 +433,7 @@ class FakeGitLab(FakeProviderAPI):
         pipeline = self._pipeline(request)
         if pipeline is None:
             return self.error(404, "404 Not found")
-        retried = [
-            j for j in self.jobs[pipeline["id"]] if not j["retried"] and j["status"] in ("failed", "canceled")
-        ]
+        retried = [j for j in self.jobs[pipeline["id"]] if not j["retried"] and j["status"] in ("failed", "canceled")]
         for job in retried:
             job["retried"] = True
             self.add_job(pipeline["id"], job["name"], stage=job["stage"], status="pending")

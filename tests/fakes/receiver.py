@@ -142,8 +142,6 @@ class Receiver:
         else:
             text = answer.detail or ("ok" if answer.status < 300 else "error")
         self.received.append(
-            Received(
-                arrived, request.path_qs, CIMultiDict(request.headers), body, answer.status, text, verified
-            )
+            Received(arrived, request.path_qs, CIMultiDict(request.headers), body, answer.status, text, verified)
         )
         return web.Response(status=answer.status, text=text, headers=headers)

@@ -97,8 +97,7 @@ def _valid_block(block: dict[str, Any]) -> bool:
             isinstance(elements, list)
             and 1 <= len(elements) <= MAX_CONTEXT_ELEMENTS
             and all(
-                isinstance(element, dict)
-                and (_text(element, MAX_SECTION_TEXT) or element.get("type") == "image")
+                isinstance(element, dict) and (_text(element, MAX_SECTION_TEXT) or element.get("type") == "image")
                 for element in elements
             )
         )
@@ -151,9 +150,7 @@ class FakeSlack:
                 text = ERRORS[429]
             else:
                 text = answer.detail or ERRORS.get(status, "error")
-        self.received.append(
-            Received(arrived, request.path_qs, CIMultiDict(request.headers), body, status, text)
-        )
+        self.received.append(Received(arrived, request.path_qs, CIMultiDict(request.headers), body, status, text))
         return web.Response(status=status, text=text, headers=headers)
 
 

@@ -142,9 +142,7 @@ def make_sink(port: int, **config: Any) -> EmailSink:
 
 
 def parts(message: EmailMessage) -> dict[str, str]:
-    return {
-        part.get_content_type(): part.get_content().replace("\r\n", "\n") for part in message.iter_parts()
-    }
+    return {part.get_content_type(): part.get_content().replace("\r\n", "\n") for part in message.iter_parts()}
 
 
 # --- sending ------------------------------------------------------------------------------------
@@ -283,18 +281,14 @@ def certificate(tmp_path: Path) -> tuple[Path, ssl.SSLContext]:
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False
-        )
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
     )
     cert_file, key_file = tmp_path / "smtp.crt", tmp_path / "smtp.key"
     cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     )
     server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server.load_cert_chain(cert_file, key_file)
@@ -304,12 +298,8 @@ def certificate(tmp_path: Path) -> tuple[Path, ssl.SSLContext]:
 async def test_starttls_then_login(smtp, context, certificate) -> None:
     cert_file, server_tls = certificate
     mailbox = Mailbox()
-    port = smtp(
-        mailbox, tls_context=server_tls, require_starttls=True, authenticator=authenticate, auth_required=True
-    )
-    sink = make_sink(
-        port, tls="starttls", ca_file=str(cert_file), username="ci", password={"secret": "smtp-password"}
-    )
+    port = smtp(mailbox, tls_context=server_tls, require_starttls=True, authenticator=authenticate, auth_required=True)
+    sink = make_sink(port, tls="starttls", ca_file=str(cert_file), username="ci", password={"secret": "smtp-password"})
     await sink.send(BROKEN, context)
     [mail] = mailbox.delivered
     assert mail.tls and mail.login == b"ci"
@@ -397,10 +387,7 @@ def test_a_gitlab_project_and_a_group_read_well_too() -> None:
         branch="master",
         others=({"pipeline": "gitlab-org/gitlab-docs", "transition": "broken"},),
     )
-    assert (
-        email_sink.subject(grouped)
-        == "[FlowForge] BROKEN gitlab-org/gitlab-test on master (3484a3f) and 1 more"
-    )
+    assert email_sink.subject(grouped) == "[FlowForge] BROKEN gitlab-org/gitlab-test on master (3484a3f) and 1 more"
     text = email_sink.text_body(grouped)
     assert "Other pipelines of this commit:" in text and "gitlab-org/gitlab-docs" in text
 

@@ -44,9 +44,7 @@ FIXED = Notification(
 
 def make_sink(config: dict[str, Any], environ: dict[str, str] | None = None) -> WebhookSink:
     secrets = SecretContext(environ=environ or {}, use_keyring=False)
-    validated = WebhookSink.config_model.model_validate(
-        {"type": "webhook", **config}, context={"secrets": secrets}
-    )
+    validated = WebhookSink.config_model.model_validate({"type": "webhook", **config}, context={"secrets": secrets})
     return WebhookSink("chatops", validated)
 
 
@@ -131,9 +129,7 @@ async def test_without_a_secret_nothing_is_signed_and_headers_are_sent(serve, co
     assert request.headers["X-Team"] == "ci"
 
 
-@pytest.mark.parametrize(
-    ("script", "retry_after"), [("500", None), ("503:7", 7), ("429:3", 3), ("408", None)]
-)
+@pytest.mark.parametrize(("script", "retry_after"), [("500", None), ("503:7", 7), ("429:3", 3), ("408", None)])
 async def test_transient_answers_are_retried(serve, context, script, retry_after) -> None:
     receiver = Receiver().script([script])
     url = await serve(receiver)
