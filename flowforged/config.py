@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 import pydantic
 import yaml
@@ -135,11 +135,30 @@ class SourceConfig(Section):
     poll_interval: Duration = 0.0
     backfill: Duration = 86400.0
 
+    # What `repos` names for this provider, for the message when polling has nothing to poll.
+    repos_hint: ClassVar[str] = "what to poll"
+
     def problems(self) -> list[tuple[str, str]]:
-        """A source must authenticate its webhooks."""
+        """A source must authenticate its webhooks, and one that polls needs a token and something to poll."""
+        found = []
         if self.webhook_secret is None and not self.insecure_no_auth:
-            return [("webhook_secret", "missing (or set insecure_no_auth: true to accept any request)")]
-        return []
+            found.append(("webhook_secret", "missing (or set insecure_no_auth: true to accept any request)"))
+        return found + self.polling_problems()
+
+    def check_repos(self) -> None:
+        """Raise ValueError naming a malformed `repos` entry; a provider that polls says what is valid."""
+
+    def polling_problems(self) -> list[tuple[str, str]]:
+        found = []
+        try:
+            self.check_repos()
+        except ValueError as exc:
+            found.append(("repos", str(exc)))
+        if self.poll_interval > 0 and self.token is None:
+            found.append(("token", "missing: polling (poll_interval) needs an API token"))
+        if self.poll_interval > 0 and not self.repos:
+            found.append(("repos", f"empty: name {self.repos_hint}"))
+        return found
 
     @property
     def authenticated(self) -> bool:

@@ -182,17 +182,10 @@ def normalize_job(
 
 
 class BuildkiteSourceConfig(SourceConfig):
-    def problems(self) -> list[tuple[str, str]]:
-        found = super().problems()
-        try:
-            api.parse_repos(self.repos)
-        except ValueError as exc:
-            found.append(("repos", str(exc)))
-        if self.poll_interval > 0 and self.token is None:
-            found.append(("token", "missing: polling (poll_interval) needs an API access token"))
-        if self.poll_interval > 0 and not self.repos:
-            found.append(("repos", "empty: name what to poll (org/pipeline, or org/* for every pipeline)"))
-        return found
+    repos_hint = "what to poll (org/pipeline, or org/* for every pipeline)"
+
+    def check_repos(self) -> None:
+        api.parse_repos(self.repos)
 
 
 class BuildkiteProvider(Provider):

@@ -110,17 +110,10 @@ def normalize_job(source: str, job: dict[str, Any], repository: dict[str, Any] |
 
 
 class GitHubSourceConfig(SourceConfig):
-    def problems(self) -> list[tuple[str, str]]:
-        found = super().problems()
-        try:
-            api.parse_repos(self.repos)
-        except ValueError as exc:
-            found.append(("repos", str(exc)))
-        if self.poll_interval > 0 and self.token is None:
-            found.append(("token", "missing: polling (poll_interval) needs an API token"))
-        if self.poll_interval > 0 and not self.repos:
-            found.append(("repos", "empty: name the repositories to poll (owner/repo, owner/* or org:NAME)"))
-        return found
+    repos_hint = "the repositories to poll (owner/repo, owner/* or org:NAME)"
+
+    def check_repos(self) -> None:
+        api.parse_repos(self.repos)
 
 
 class GitHubProvider(Provider):

@@ -55,15 +55,10 @@ class GitLabSourceConfig(SourceConfig):
                     "missing (set webhook_secret or signing_token, or insecure_no_auth: true to accept any request)",
                 )
             )
-        try:
-            api.parse_projects(self.repos)
-        except ValueError as exc:
-            found.append(("repos", str(exc)))
-        if self.poll_interval > 0 and self.token is None:
-            found.append(("token", "missing: polling (poll_interval) needs an API token"))
-        if self.poll_interval > 0 and not self.repos:
-            found.append(("repos", "empty: name the projects to poll (group/project or group:NAME)"))
-        return found
+        return found + self.polling_problems()
+
+    def check_repos(self) -> None:
+        api.parse_projects(self.repos)
 
     @property
     def authenticated(self) -> bool:

@@ -228,6 +228,7 @@ def normalize_api_build(source: str, payload: Mapping[str, Any]) -> RunEvent:
 
 
 class JenkinsSourceConfig(SourceConfig):
+    repos_hint = "the jobs or folders to poll (folder/job, folder, or * for all)"
     username: str | None = None  # the user whose API token `token` is
     # Jenkins sends no rate-limit headers: at most this many API requests a second (None: no limit).
     max_rps: float | None = 10.0
@@ -238,17 +239,12 @@ class JenkinsSourceConfig(SourceConfig):
         found = super().problems()
         if self.token is not None and not self.username:
             found.append(("username", "missing: a Jenkins API token belongs to a user name"))
-        if self.poll_interval > 0 and self.token is None:
-            found.append(("token", "missing: polling (poll_interval) needs an API token"))
         if (self.poll_interval > 0 or self.token is not None) and not self.api_url:
             found.append(("api_url", "missing: the address of the Jenkins server (https://jenkins.example.com/)"))
-        if self.poll_interval > 0 and not self.repos:
-            found.append(("repos", "empty: name the jobs or folders to poll (folder/job, folder, or * for all)"))
-        try:
-            api.parse_repos(self.repos)
-        except ValueError as exc:
-            found.append(("repos", str(exc)))
         return found
+
+    def check_repos(self) -> None:
+        api.parse_repos(self.repos)
 
 
 class JenkinsProvider(Provider):
