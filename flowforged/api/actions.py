@@ -41,40 +41,30 @@ def _configured(request: web.Request, source: str) -> None:
         raise Conflict(f"source {source} is no longer configured", code="unknown_source")
 
 
-async def rerun(request: web.Request) -> web.Response:
+async def _run_action(request: web.Request, action: str, flag: str) -> web.Response:
+    """Re-run or cancel one run: the two differ only in the operation and its one boolean."""
     Query(request)
-    body = await json_body(request, "failed_only")
-    failed_only = body_bool(body, "failed_only")
+    value = body_bool(await json_body(request, flag), flag)
     run = await find_run(request)
     _configured(request, run["source"])
     log.info(
-        "api: re-run requested",
+        f"api: {action} requested",
         run=run["id"],
         source=run["source"],
         pipeline=run["pipeline"],
-        failed_only=failed_only,
         remote=request.remote,
+        **{flag: value},
     )
-    await context(request).operations.rerun(run, failed_only)
-    return web.json_response({"status": "accepted", "action": "rerun", "run": run}, status=202)
+    await getattr(context(request).operations, action)(run, value)
+    return web.json_response({"status": "accepted", "action": action, "run": run}, status=202)
+
+
+async def rerun(request: web.Request) -> web.Response:
+    return await _run_action(request, "rerun", "failed_only")
 
 
 async def cancel(request: web.Request) -> web.Response:
-    Query(request)
-    body = await json_body(request, "force")
-    force = body_bool(body, "force")
-    run = await find_run(request)
-    _configured(request, run["source"])
-    log.info(
-        "api: cancel requested",
-        run=run["id"],
-        source=run["source"],
-        pipeline=run["pipeline"],
-        force=force,
-        remote=request.remote,
-    )
-    await context(request).operations.cancel(run, force)
-    return web.json_response({"status": "accepted", "action": "cancel", "run": run}, status=202)
+    return await _run_action(request, "cancel", "force")
 
 
 async def trigger(request: web.Request) -> web.Response:
