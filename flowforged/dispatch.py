@@ -112,8 +112,11 @@ class Dispatcher:
                 if next_due is not None:
                     wait = min(wait, max(next_due - self.clock(), 0.0))
                 if wait > 0:
+                    # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
+                    # lands as its timeout fires, and then stop() waits for this worker for ever.
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake[name].wait(), wait)
+                        async with asyncio.timeout(wait):
+                            await self._wake[name].wait()
             except asyncio.CancelledError:
                 raise
             except Exception:

@@ -96,7 +96,8 @@ async def _follow(
             # The bus drops the oldest message of a subscriber that does not keep up: fill from the store.
             last = await _replay(ctx, response, filters, last)
         try:
-            message = await asyncio.wait_for(queue.get(), ctx.keepalive)
+            async with asyncio.timeout(ctx.keepalive):  # not wait_for: see flowforged.dispatch
+                message = await queue.get()
         except TimeoutError:
             await response.write(b": keepalive\n\n")
             continue
