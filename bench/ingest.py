@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 from bench.figures import figure  # noqa: E402
 from flowforged_plugins.github import sign  # noqa: E402
 
-FIXTURE = Path(os.environ.get("FLOWFORGE_FIXTURES", ROOT.parent / "shared" / "fixtures"))
+FIXTURE = ROOT / "tests" / "fixtures"
 SECRET = "bench-secret"
 TARGET = 0.5
 

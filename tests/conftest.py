@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +18,7 @@ from flowforged.secrets import SecretContext
 from flowforged_plugins import github as github_plugin
 
 ROOT = Path(__file__).resolve().parents[1]
-FIXTURES = Path(os.environ.get("FLOWFORGE_FIXTURES", ROOT.parent / "shared" / "fixtures"))
+FIXTURES = ROOT / "tests" / "fixtures"  # real provider payloads; tests/fixtures/README.md names each source
 
 GITHUB_SECRET = "gh-webhook-secret-5d1f0c"
 GITLAB_TOKEN = "gl-webhook-token-8a2b77"
@@ -29,7 +28,7 @@ GL_TOKEN = "glpat-poller0test0token01"
 
 
 def fixture(name: str) -> Any:
-    """A real provider payload from ../shared/fixtures, as a fresh object the test may change."""
+    """A real provider payload from tests/fixtures, as a fresh object the test may change."""
     return json.loads((FIXTURES / name).read_text())
 
 

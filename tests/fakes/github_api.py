@@ -24,7 +24,6 @@ import dataclasses
 import functools
 import hashlib
 import json
-import os
 import time
 import uuid
 from collections.abc import Callable
@@ -39,8 +38,8 @@ from yarl import URL
 
 from flowforged_plugins.github import sign
 
-# The same place tests/conftest.py reads them from.
-FIXTURES = Path(os.environ.get("FLOWFORGE_FIXTURES", Path(__file__).resolve().parents[3] / "shared" / "fixtures"))
+# The same real payloads tests/conftest.py reads.
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 API = "https://api.github.com"
 WEB = "https://github.com"
 DOCS = "https://docs.github.com/rest"
