@@ -1,8 +1,10 @@
 """structlog JSON logs on stdout, with the standard library (aiohttp, APScheduler) routed through it.
 
-Every resolved secret is registered with `redact()`; the last step of every log line replaces each one
-with `[redacted]`, whatever field, message or traceback it ended up in. Tracebacks never carry local
-variables (`show_locals=False`), which is where tokens would otherwise leak.
+Every resolved secret is registered with `redact()`; the step before rendering replaces each one with
+`[redacted]` in every value of the event (message, fields, nested values, the traceback's text). It
+works on the values, not on the rendered line: JSON escapes `"`, `\\` and non-ASCII characters, so a
+secret holding one would no longer match once rendered. Tracebacks never carry local variables
+(`show_locals=False`), which is where tokens would otherwise leak.
 """
 
 from __future__ import annotations
@@ -13,29 +15,45 @@ from typing import Any, TextIO
 
 import structlog
 
-_secrets: set[str] = set()
+_secrets: list[str] = []  # longest first, so that a secret inside another goes with it
 REDACTED = "[redacted]"
 
 
 def redact(value: str) -> None:
     """Never let `value` appear in a log line. Very short values would redact ordinary words."""
-    if value and len(value) >= 4:
-        _secrets.add(value)
+    if not value or len(value) < 4:
+        return
+    # Also as repr() shows it (escaped backslashes and quotes): a KeyError, a dict or a `!r` in a
+    # message carries that form.
+    for form in (value, repr(value)[1:-1]):
+        if form not in _secrets:
+            _secrets.append(form)
+    _secrets.sort(key=len, reverse=True)
 
 
-def _scrub(text: str) -> str:
+def scrub(text: str) -> str:
+    """`text` with every registered secret replaced by `[redacted]`."""
     for value in _secrets:
         if value in text:
             text = text.replace(value, REDACTED)
     return text
 
 
-class _RedactingJSON:
-    def __init__(self) -> None:
-        self._render = structlog.processors.JSONRenderer(sort_keys=False)
+def _clean(value: Any) -> Any:
+    if isinstance(value, str):
+        return scrub(value)
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if isinstance(value, dict):
+        return {_clean(key): _clean(item) for key, item in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_clean(item) for item in value]
+    # What the JSON renderer would do with any other object, done here so that its text is cleaned.
+    return scrub(repr(value))
 
-    def __call__(self, logger: Any, name: str, event: dict[str, Any]) -> str:
-        return _scrub(self._render(logger, name, event))
+
+def _redact(logger: Any, name: str, event: dict[str, Any]) -> dict[str, Any]:
+    return _clean(event) if _secrets else event
 
 
 def setup(level: str = "info", stream: TextIO | None = None) -> None:
@@ -51,7 +69,8 @@ def setup(level: str = "info", stream: TextIO | None = None) -> None:
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             structlog.processors.ExceptionRenderer(structlog.tracebacks.ExceptionDictTransformer(show_locals=False)),
-            _RedactingJSON(),
+            _redact,
+            structlog.processors.JSONRenderer(sort_keys=False),
         ],
     )
     handler = logging.StreamHandler(stream or sys.stdout)

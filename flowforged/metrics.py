@@ -1,4 +1,4 @@
-"""Prometheus metrics for `GET /metrics` (DESIGN.md, "Metrics").
+"""Prometheus metrics for `GET /metrics`.
 
 Every series is kept in plain dicts and exposed by one custom collector, for three reasons:
 
@@ -325,7 +325,8 @@ class Metrics:
 
         registry.register(_Collector(self))
         if process_metrics:
-            ProcessCollector(namespace="flowforge", registry=registry)
+            # The standard process_* names, with no prefix: stock dashboards and alerts query them.
+            ProcessCollector(registry=registry)
 
     # --- webhooks, polling, storage -------------------------------------------------------------
     def webhook(self, source: str, event: str, outcome: str, seconds: float) -> None:

@@ -28,6 +28,8 @@ class Notifier:
         if not self.address:
             return
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            # Never block the event loop: a receiver whose queue is full would otherwise stop the daemon.
+            sock.setblocking(False)
             try:
                 sock.sendto(message.encode(), self.address)
             except OSError as exc:

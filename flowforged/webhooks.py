@@ -1,8 +1,9 @@
 """`POST /hooks/{source}`: authenticate, decode, store durably, then acknowledge.
 
-Status codes (DESIGN.md): 202 accepted, 200 duplicate, 400 authentic but not JSON, 401 bad or missing
-signature/token, 404 unknown source, 413 over the body limit, 503 the store cannot commit.
-Nothing is stored before the request is authenticated.
+Status codes: 202 accepted, 200 duplicate, 400 authentic but not JSON, 401 bad or missing
+signature/token, 404 unknown source, 408 body not received in time, 413 over the body limit, 415 a
+compressed body (guard.py), 503 the store cannot commit or too many unauthenticated bodies at once.
+Nothing is stored before the request is authenticated (docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -10,15 +11,18 @@ from __future__ import annotations
 import asyncio
 import time
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from flowforged import logs
 from flowforged.errors import NotJSON, StoreUnavailable, WebhookRejected
+from flowforged.guard import BodyBudget, OverBudget
 from flowforged.ingest import Ingest
+from flowforged.plugin import Provider
 
 log = logs.get("flowforged.webhooks")
 INGEST = web.AppKey("ingest", Ingest)
 MAX_BODY = web.AppKey("max_body_bytes", int)
+BUDGET = web.AppKey("unauthenticated_body_budget", BodyBudget)
 BODY_TIMEOUT = web.AppKey("body_timeout", float)
 OBSERVERS = web.AppKey("webhook_observers", list)  # callables (source, event, outcome, seconds)
 
@@ -54,21 +58,9 @@ async def _receive(request: web.Request) -> tuple[web.Response, str, str]:
     provider = ingest.providers.get(name)
     if provider is None:
         return error(404, "unknown_source", "no source of that name is configured"), "unknown", "unknown"
-    try:
-        async with asyncio.timeout(request.app[BODY_TIMEOUT]):
-            body = await request.read()
-    except TimeoutError:
-        log.warning("webhook body not received in time", source=name, remote=request.remote)
-        return error(408, "timeout", "the request body was not received in time"), name, "unknown"
-    except web.HTTPRequestEntityTooLarge:
-        limit = request.app[MAX_BODY]
-        log.warning("webhook over the body limit", source=name, limit=limit)
-        return error(413, "too_large", f"the body is over the {limit}-byte limit"), name, "unknown"
-    try:
-        provider.verify(request.headers, body, time.time())
-    except WebhookRejected as exc:
-        log.warning("webhook rejected", source=name, reason=str(exc), remote=request.remote)
-        return error(401, "unauthorized", "signature or token missing or invalid"), name, "unknown"
+    body = await _authentic_body(request, name, provider)
+    if isinstance(body, web.Response):
+        return body, name, "unknown"
     try:
         payload = provider.decode(request.headers, body)
     except NotJSON as exc:
@@ -90,9 +82,59 @@ async def _receive(request: web.Request) -> tuple[web.Response, str, str]:
     )
 
 
-def setup(app: web.Application, ingest: Ingest, max_body_bytes: int, body_timeout: float = 30.0) -> None:
+async def _authentic_body(request: web.Request, name: str, provider: Provider) -> bytes | web.Response:
+    """The body once authenticated, or the answer refusing it."""
+    limit = request.app[MAX_BODY]
+    if request.content_length is not None and request.content_length > limit:
+        log.warning("webhook over the body limit", source=name, limit=limit, remote=request.remote)
+        return _too_large(limit)
+    budget = request.app[BUDGET]
+    try:
+        async with asyncio.timeout(request.app[BODY_TIMEOUT]):
+            body = await budget.read(request.content, limit)
+    except TimeoutError:
+        log.warning("webhook body not received in time", source=name, remote=request.remote)
+        return error(408, "timeout", "the request body was not received in time")
+    except web.HTTPRequestEntityTooLarge:
+        log.warning("webhook over the body limit", source=name, limit=limit, remote=request.remote)
+        return _too_large(limit)
+    except OverBudget:
+        log.warning(
+            "webhook refused for now: too many unauthenticated bodies at once", source=name, remote=request.remote
+        )
+        response = error(503, "busy", "too many requests are being received at once; retry later")
+        response.headers[hdrs.RETRY_AFTER] = "1"
+        return _closing(response)
+    try:
+        provider.verify(request.headers, body, time.time())
+    except WebhookRejected as exc:
+        log.warning("webhook rejected", source=name, reason=str(exc), remote=request.remote)
+        return error(401, "unauthorized", "signature or token missing or invalid")
+    finally:
+        budget.give(len(body))  # authenticated or refused: no longer the budget's concern
+    return body
+
+
+def _too_large(limit: int) -> web.Response:
+    return _closing(error(413, "too_large", f"the body is over the {limit}-byte limit (server.max_body_bytes)"))
+
+
+def _closing(response: web.Response) -> web.Response:
+    """Close the connection after `response`: the body it refused is then never read."""
+    response.force_close()
+    return response
+
+
+def setup(
+    app: web.Application,
+    ingest: Ingest,
+    max_body_bytes: int,
+    body_timeout: float = 30.0,
+    max_unauthenticated_bytes: int | None = None,
+) -> None:
     app[INGEST] = ingest
     app[MAX_BODY] = max_body_bytes
+    app[BUDGET] = BodyBudget(max_unauthenticated_bytes or max_body_bytes * 32)
     app[BODY_TIMEOUT] = body_timeout
     app[OBSERVERS] = []
     app.router.add_post("/hooks/{source}", receive)

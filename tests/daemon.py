@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -24,8 +25,11 @@ def free_port() -> int:
 
 
 class DaemonProcess:
-    def __init__(self, tmp: Path, config: dict[str, Any], env: dict[str, str] | None = None):
+    def __init__(
+        self, tmp: Path, config: dict[str, Any], env: dict[str, str] | None = None, open_files: int | None = None
+    ):
         self.tmp = tmp
+        self.open_files = open_files  # RLIMIT_NOFILE of the daemon, when a test needs it low
         self.port = free_port()
         config = {**config, "server": {**config.get("server", {}), "listen": f"127.0.0.1:{self.port}"}}
         self.config_path = tmp / "config.yaml"
@@ -52,8 +56,26 @@ class DaemonProcess:
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
+            preexec_fn=self._limits if self.open_files else None,  # noqa: PLW1509 (no threads in the child)
         )
         self.wait_message("READY=1", timeout)
+
+    def _limits(self) -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.open_files, self.open_files))
+
+    def status(self, field: str) -> int:
+        """A field of /proc/PID/status in kB (VmHWM is the peak resident set size)."""
+        assert self.proc is not None
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1])
+        raise KeyError(field)
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) the daemon has used so far, from /proc/PID/stat."""
+        assert self.proc is not None
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def wait_message(self, message: str, timeout: float = 20.0) -> None:
         deadline = time.monotonic() + timeout

@@ -70,6 +70,15 @@ def _labels(line: str) -> dict[str, str]:
     return dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', line.split("}", 1)[0])) if "{" in line else {}
 
 
+def test_process_metrics_have_their_standard_names():
+    # Stock dashboards and alerts (node/process exporters, Grafana's "Go/Python process" panels)
+    # query process_* with no prefix.
+    types = dict(re.findall(r"^# TYPE (\S+) (\S+)$", text(new(process_metrics=True)), re.M))
+    process = {name for name in types if "process_" in name}
+    assert {"process_start_time_seconds", "process_resident_memory_bytes", "process_cpu_seconds_total"} <= process
+    assert process == {name for name in process if name.startswith("process_")}
+
+
 def test_every_family_passes_promtool_with_help_and_flowforge_prefix():
     metrics = everything(new(process_metrics=True))
     exposition = generate_latest(metrics.registry)
@@ -79,8 +88,8 @@ def test_every_family_passes_promtool_with_help_and_flowforge_prefix():
     assert checked.returncode == 0 and not (checked.stdout + checked.stderr).strip(), checked
     types = dict(re.findall(r"^# TYPE (\S+) (\S+)$", exposition.decode(), re.M))
     helps = dict(re.findall(r"^# HELP (\S+) (.+)$", exposition.decode(), re.M))
-    assert {name: kind for name, kind in types.items() if "_process_" not in name} == FAMILIES
-    assert all(name.startswith("flowforge_") for name in types)
+    assert {name: kind for name, kind in types.items() if not name.startswith("process_")} == FAMILIES
+    assert all(name.startswith(("flowforge_", "process_")) for name in types)
     assert set(helps) == set(types)
     # No `_created` series: Prometheus would ingest each one as a gauge of its own.
     assert not [line for line in samples(exposition) if "_created" in line.split("{")[0]]

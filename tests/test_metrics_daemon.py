@@ -93,6 +93,6 @@ async def test_prometheus_scrapes_the_daemon_and_series_survive_a_restart(daemon
             ):
                 assert line in after, line
         # Prometheus sees no counter reset across the restart.
-        restarted = "changes(flowforge_process_start_time_seconds[5m])"
+        restarted = "changes(process_start_time_seconds[5m])"
         await wait_for_query(prom, restarted, lambda r: value(r) == [1], within=20)  # scraped since the restart
         assert value(await query(prom, f"sum(resets({runs}[5m]))")) == [0]

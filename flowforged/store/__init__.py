@@ -13,7 +13,9 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import fcntl
 import json
+import os
 import queue
 import sqlite3
 import threading
@@ -25,12 +27,12 @@ from typing import Any, TypeVar
 import sqlite_utils
 
 from flowforged import logs
-from flowforged.errors import StoreUnavailable
+from flowforged.errors import FlowForgeError, StoreUnavailable
 from flowforged.store import queries
 from flowforged.store.ingest import Delivery, IngestResult, TransitionHook, apply_events, ingest
 from flowforged.store.schema import migrate
 
-__all__ = ["Delivery", "IngestResult", "Store", "connect"]
+__all__ = ["DatabaseInUse", "Delivery", "IngestResult", "Store", "connect"]
 
 log = logs.get("flowforged.store")
 T = TypeVar("T")
@@ -40,6 +42,37 @@ _ITEM_ERRORS = (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.Interf
 _STOP = object()
 
 
+class DatabaseInUse(FlowForgeError):
+    """Another flowforged holds the database: two would both send every notification."""
+
+
+def create_private(path: Path) -> None:
+    """The data directory (0700) and the database file (0600), whatever the umask. SQLite gives the
+    WAL and shared-memory files the permissions of the database file, so all three stay private."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))  # an existing file is kept as is
+
+
+def lock(path: Path) -> int:
+    """Hold an exclusive lock on `<database>.lock` for as long as the returned descriptor is open.
+
+    flock(2) locks go with the process: a daemon killed with SIGKILL leaves no stale lock behind."""
+    lock_path = path.with_name(path.name + ".lock")
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 20, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise DatabaseInUse(
+            f"the database {path} is in use by another flowforged (pid {holder}, lock {lock_path}): "
+            "stop it first, or give this daemon a storage.path of its own"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
 def connect(
     path: Path, *, readonly: bool = False, synchronous: str = "NORMAL", busy_timeout: float = 5.0
 ) -> sqlite3.Connection:
@@ -47,7 +80,7 @@ def connect(
     if readonly:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False)
     else:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        create_private(path)
         conn = sqlite3.connect(path, isolation_level=None)
         conn.execute("PRAGMA journal_mode = WAL")
         # NORMAL in WAL mode: a commit survives the process being killed; FULL also survives power loss.
@@ -86,13 +119,21 @@ class Store:
         self.commits = 0  # batches committed: with `writes`, shows how well group commit groups
         self.writes = 0
         self.last_error: str | None = None
+        self._lock: int | None = None
 
     # --- lifecycle ------------------------------------------------------------------------------
     def open(self) -> Store:
+        """Lock the database (DatabaseInUse if another daemon has it), migrate it, start the writer."""
+        create_private(self.path)
+        self._lock = lock(self.path)
         ready: concurrent.futures.Future[None] = concurrent.futures.Future()
         self._thread = threading.Thread(target=self._run, args=(ready,), name="store-writer", daemon=True)
         self._thread.start()
-        ready.result()  # migration errors are raised here, at start
+        try:
+            ready.result()  # migration errors are raised here, at start
+        except BaseException:
+            self._unlock()
+            raise
         return self
 
     def close(self) -> None:
@@ -103,6 +144,12 @@ class Store:
         self._readers.shutdown(wait=True)
         for conn in self._reader_conns:
             conn.close()
+        self._unlock()
+
+    def _unlock(self) -> None:
+        if self._lock is not None:
+            os.close(self._lock)  # the file stays: removing it would race with a daemon starting
+            self._lock = None
 
     # --- writing --------------------------------------------------------------------------------
     async def write(self, fn: Callable[..., T], *args: Any) -> T:
@@ -245,7 +292,7 @@ def _resolve(outcomes: list[tuple[_Job, Any, BaseException | None]]) -> None:
 
 def reindex(
     conn: sqlite3.Connection,
-    decode: Callable[[str, dict[str, str], bytes, str], tuple[list[Any], str | None]],
+    decode: Callable[[str, dict[str, str], bytes, str, str], tuple[list[Any], str | None]],
     now: str,
     only_errors: bool = False,
     batch: int = 500,
@@ -262,7 +309,7 @@ def reindex(
     done = new_events = errors = 0
     while True:
         rows = conn.execute(
-            f"SELECT id, source, event, headers, body FROM deliveries {where}"  # noqa: S608
+            f"SELECT id, source, event, headers, body, received_at FROM deliveries {where}"  # noqa: S608
             " AND id > ? ORDER BY id LIMIT ?",
             (last, batch),
         ).fetchall()
@@ -270,8 +317,10 @@ def reindex(
             return
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for row_id, source, event, headers, body in rows:
-                events, error = decode(source, json.loads(headers), zlib.decompress(body), event)
+            for row_id, source, event, headers, body, received_at in rows:
+                # Dated as when it was received, so a payload that names no time (a Jenkins notification
+                # without one) gets the same key as the first time and is not stored again.
+                events, error = decode(source, json.loads(headers), zlib.decompress(body), event, received_at)
                 conn.execute("UPDATE deliveries SET parse_error = ? WHERE id = ?", (error, row_id))
                 result = IngestResult(delivery=row_id)
                 apply_events(conn, row_id, events, now, result, None, notify=False)

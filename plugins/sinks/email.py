@@ -9,7 +9,7 @@ from __future__ import annotations
 import email.utils
 import hashlib
 import html
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -99,7 +99,8 @@ class EmailSink(Sink):
                 cert_bundle=str(config.ca_file) if config.ca_file else None,
             )
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-            raise smtp_error(exc, f"{host}:{config.smtp_port}", config.username) from None
+            secrets = [config.password.get()] if config.password else []
+            raise smtp_error(exc, f"{host}:{config.smtp_port}", config.username, secrets) from None
         if refused:
             # Retrying would send the message again to those who got it: say who did not, and stop.
             context.log.warning(
@@ -113,9 +114,23 @@ class EmailSink(Sink):
         return f"accepted by {host} for {len(recipients)} recipient(s): {reply}"
 
 
-def smtp_error(exc: BaseException, server: str, username: str | None) -> SinkError | PermanentSinkError:
+def smtp_error(
+    exc: BaseException, server: str, username: str | None, secrets: Sequence[str] = ()
+) -> SinkError | PermanentSinkError:
     """What an SMTP failure means for the notification: 4yz replies and lost connections are tried
-    again, 5yz replies and a config the server does not support are not."""
+    again, 5yz replies and a config the server does not support are not. A server's reply may quote
+    what it was sent (the password, in some AUTH failures): `secrets` never reach the stored error."""
+    error = _smtp_error(exc, server, username)
+    text = str(error)
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "[redacted]")
+    if text == str(error):
+        return error
+    return SinkError(text, error.retry_after) if isinstance(error, SinkError) else PermanentSinkError(text)
+
+
+def _smtp_error(exc: BaseException, server: str, username: str | None) -> SinkError | PermanentSinkError:
     if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
         detail = "; ".join(f"{r.recipient}: {r.code} {r.message}" for r in exc.recipients)
         if all(r.code >= 500 for r in exc.recipients):

@@ -20,7 +20,7 @@ import dataclasses
 import json
 import re
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import aiohttp
@@ -31,7 +31,7 @@ from flowforged.errors import PermanentSinkError, SinkError
 from flowforged.http import retry_after
 from flowforged.plugin import Notification, Sink, SinkContext
 from flowforged.secrets import Secret
-from flowforged_plugins.sinks.webhook import body_excerpt, check_http_url, transport_error
+from flowforged_plugins.sinks.webhook import body_excerpt, check_http_url, transport_error, url_secret_parts
 
 MAX_BLOCKS = 50
 MAX_SECTION_TEXT = 3000
@@ -93,12 +93,13 @@ class SlackSink(Sink):
                 wait = retry_after(response.headers, time.time())
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise transport_error(exc, "Slack") from None
-        return answer(status, text, wait)
+        return answer(status, text, wait, url_secret_parts(self.config.webhook_url.get()))
 
 
-def answer(status: int, text: str, wait: float | None) -> str:
-    """Slack's answer as a string for people, or the error that says what to do next."""
-    error = text if re.fullmatch(r"[a-z0-9_]{1,64}", text) else body_excerpt(text, 100)
+def answer(status: int, text: str, wait: float | None, secrets: Sequence[str] = ()) -> str:
+    """Slack's answer as a string for people, or the error that says what to do next. A proxy in
+    front of Slack may quote the request path, which is the webhook's credential: `secrets` go."""
+    error = text if re.fullmatch(r"[a-z0-9_]{1,64}", text) else body_excerpt(text, 100, secrets)
     if 200 <= status < 300:
         return "ok"
     if status == 429:

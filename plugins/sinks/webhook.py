@@ -113,9 +113,21 @@ def transport_error(exc: BaseException, what: str) -> SinkError:
     return SinkError(f"{what} failed: {type(exc).__name__}")
 
 
-def body_excerpt(text: str, limit: int = 200) -> str:
+def body_excerpt(text: str, limit: int = 200, secrets: Sequence[str] = ()) -> str:
+    """The start of a receiver's answer, for an error message. Secrets go first: cut first, and the
+    part of a secret before the cut would no longer match, and would be stored with the error."""
+    for secret in sorted(secrets, key=len, reverse=True):
+        if len(secret) > 1:  # not a bare "/" path
+            text = text.replace(secret, "[redacted]")
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def url_secret_parts(url: str) -> list[str]:
+    """What an error must not repeat of a secret URL: all of it, its path and query, and each part."""
+    parsed = yarl.URL(url)
+    parts = [url, parsed.raw_path_qs, parsed.path_qs, *parsed.query.values()]
+    return parts + [part for part in parsed.parts if len(part) >= 4]
 
 
 class WebhookSink(Sink):
@@ -154,18 +166,13 @@ class WebhookSink(Sink):
         """What an error message must not repeat: the secret URL's path and query, header secrets."""
         parts = [value.get() for value in self.config.headers.values() if isinstance(value, Secret)]
         if isinstance(self.config.url, Secret):
-            parsed = yarl.URL(self.config.url.get())
-            parts += [parsed.raw_path_qs, parsed.path_qs, *parsed.query.values()]
-            parts += [part for part in parsed.parts if len(part) >= 4]
+            parts += url_secret_parts(self.config.url.get())
         return parts
 
 
 def answer(status: int, text: str, wait: float | None, host: str, secrets: Sequence[str] = ()) -> str:
     """The receiver's answer as a string for people, or the error that says what to do next."""
-    excerpt = body_excerpt(text)
-    for secret in sorted(secrets, key=len, reverse=True):
-        if len(secret) > 1:  # not a bare "/" path
-            excerpt = excerpt.replace(secret, "[redacted]")
+    excerpt = body_excerpt(text, secrets=secrets)
     said = f": {excerpt}" if excerpt else ""
     if 200 <= status < 300:
         return f"HTTP {status}"

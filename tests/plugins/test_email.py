@@ -398,3 +398,18 @@ def test_a_retry_is_the_same_message_for_mail_clients() -> None:
     other = email_sink.render(dataclasses.replace(BROKEN, id=43), "ci@example.com", ["oncall@example.com"])
     assert first["Message-ID"] == again["Message-ID"] != other["Message-ID"]
     assert first["Message-ID"].endswith("@example.com>")
+
+
+def echoing(server: Any, session: Any, envelope: Any, mechanism: str, auth_data: Any) -> AuthResult:
+    """A server that quotes what it was sent in its refusal, as some misconfigured relays do."""
+    password = auth_data.password.decode() if isinstance(auth_data, LoginPassword) else "?"
+    return AuthResult(success=False, handled=False, message=f"535 5.7.8 no user with password {password}")
+
+
+@PLAIN_AUTH
+async def test_a_server_that_quotes_the_password_does_not_get_it_stored(smtp, context) -> None:
+    port = smtp(Mailbox(), authenticator=echoing, auth_require_tls=False, auth_required=True)
+    sink = make_sink(port, username="ci", password={"secret": "smtp-password"})
+    with pytest.raises(PermanentSinkError, match="no user with password") as caught:
+        await sink.send(BROKEN, context)
+    assert SMTP_PASSWORD not in str(caught.value)

@@ -18,6 +18,7 @@ from flowforged.plugin import Notification, SinkContext
 from flowforged.secrets import SecretContext
 from flowforged_plugins.sinks import slack
 from flowforged_plugins.sinks.slack import SlackSink
+from tests.fakes.receiver import Receiver
 from tests.fakes.slack import FakeSlack, validate
 
 SHA = "3484a3fb816e0859fd6e1cea078d76385ff50625"
@@ -383,3 +384,16 @@ def test_the_fake_refuses_what_slack_refuses() -> None:
     assert validate({"blocks": []}) == "no_text"
     assert validate([]) == "invalid_payload"
     assert validate({"text": "hi", "blocks": [section] * 50}) is None
+
+
+async def test_a_webhook_url_echoed_in_a_long_error_never_shows_in_part(aiohttp_server, context) -> None:
+    # A proxy in front of Slack may quote the request path in its error page; the excerpt's cut must
+    # not leave half of it in the stored error.
+    path = FakeSlack.PATH
+    receiver = Receiver(path=path).script([f"502:{'x' * 60} bad gateway for POST {path}"])
+    server = await aiohttp_server(receiver.app())
+    with pytest.raises(SinkError) as caught:
+        await make_sink(str(server.make_url(path))).send(BROKEN, context)
+    assert "bad gateway for POST" in str(caught.value)
+    assert_no_secret(str(caught.value))
+    assert not [part for part in SECRET_PARTS if part[:4] in str(caught.value)]

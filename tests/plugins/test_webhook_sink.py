@@ -219,3 +219,19 @@ def test_the_receiver_check_refuses_a_replayed_old_request() -> None:
 
 def test_webhooks_have_no_pace_of_their_own() -> None:
     assert WebhookSink.min_interval == 0.0
+
+
+async def test_a_secret_url_cut_by_the_excerpt_limit_never_shows_in_part(aiohttp_server, context) -> None:
+    token_path = "/hooks/T0K3N-5b2f8e41c7a9"
+    # The receiver's error is long and quotes the secret path where the 200-character excerpt ends:
+    # scrubbing after the cut would leave its first half in the stored error.
+    prefix = "x" * 165
+    receiver = Receiver(path=token_path).script([f"400:{prefix} no route for POST {token_path} at all"])
+    server = await aiohttp_server(receiver.app())
+    url = str(server.make_url(token_path))
+    sink = make_sink({"url": {"secret": "hook-url"}}, environ={"FLOWFORGED_SECRET_HOOK_URL": url})
+    with pytest.raises(PermanentSinkError) as caught:
+        await sink.send(FIXED, context)
+    message = str(caught.value)
+    assert "T0K3N" not in message
+    assert message.endswith("…") and prefix in message
