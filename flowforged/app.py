@@ -1,7 +1,9 @@
-"""Wiring: the parts of DESIGN.md put together into one aiohttp application, and the daemon's life.
+"""Wiring: the parts of the event path (docs/architecture.md) put together into one aiohttp application,
+and the daemon's life.
 
 `serve()` binds the listener with an AppRunner, then tells systemd READY=1; SIGTERM drains: stop
-accepting, finish in-flight requests and the current commit, stop the scheduler, exit 0.
+accepting, finish in-flight requests and the current commit, stop the scheduler, exit 0. SIGHUP
+reloads the configuration in place (flowforged.reload).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from flowforged import __version__, api, logs, webhooks
+from flowforged import __version__, api, guard, logs, webhooks
 from flowforged.bus import Bus
 from flowforged.config import Config
 from flowforged.dispatch import Dispatcher
@@ -27,7 +29,8 @@ from flowforged.notify import Planner
 from flowforged.operations import ProviderOperations
 from flowforged.plugin import Provider, Sink, providers, sinks
 from flowforged.poller import POLLER, Poller
-from flowforged.store import Store, outbox, queries, totals
+from flowforged.reload import Reloader
+from flowforged.store import DatabaseInUse, Store, outbox, queries, totals
 from flowforged.store.ingest import IngestResult
 from flowforged.systemd import Notifier
 
@@ -41,6 +44,7 @@ METRICS = web.AppKey("metrics", Metrics)
 OUTBOX_METRICS_INTERVAL = 5.0
 RETENTION_INTERVAL = 3600.0
 READINESS = web.AppKey("readiness", list)  # callables returning a problem (str) or None
+PLANNER = web.AppKey("planner", Planner)  # its rules are swapped on reload
 
 
 def make_providers(config: Config) -> dict[str, Provider]:
@@ -57,7 +61,10 @@ def build(
     config: Config, *, operations: api.Operations | None = None, sse_keepalive: float = api.stream.KEEPALIVE
 ) -> web.Application:
     """The daemon's application. `operations` replaces the provider operations (tests of the API)."""
-    app = web.Application(client_max_size=config.server.max_body_bytes)
+    app = web.Application(
+        client_max_size=config.server.max_body_bytes,
+        middlewares=[guard.send_timeout(config.server.send_timeout), guard.refuse_compressed],
+    )
     planner = Planner(config.rules)
     store = Store(
         config.storage.path,
@@ -71,7 +78,14 @@ def build(
     app[STORE] = store
     app[BUS] = bus
     app[READINESS] = []
-    webhooks.setup(app, ingest, config.server.max_body_bytes, config.server.body_timeout)
+    app[PLANNER] = planner
+    webhooks.setup(
+        app,
+        ingest,
+        config.server.max_body_bytes,
+        config.server.body_timeout,
+        config.server.max_unauthenticated_bytes,
+    )
     metrics = Metrics(
         CollectorRegistry(),
         branches=config.metrics.branches,
@@ -207,11 +221,15 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def serve(
-    config: Config, notifier: Notifier | None = None, on_ready: Callable[[web.AppRunner], Any] | None = None
+    config: Config,
+    notifier: Notifier | None = None,
+    on_ready: Callable[[web.AppRunner], Any] | None = None,
+    reload: Callable[[], Config] | None = None,
 ) -> None:
-    """Run the daemon until SIGTERM or SIGINT."""
+    """Run the daemon until SIGTERM or SIGINT; on SIGHUP, `reload()` gives the configuration to swap in."""
     notifier = notifier or Notifier()
     sys.setswitchinterval(0.0005)
+    guard.raise_open_files_limit()
     for warning in config.warnings:
         log.warning(warning)
     app = build(config)
@@ -220,13 +238,20 @@ async def serve(
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    reloader = Reloader(app, reload or (lambda: config), notifier)
+    loop.add_signal_handler(signal.SIGHUP, reloader.request)  # acted on once ready
+    loop.set_exception_handler(guard.AcceptErrors())
     runner = web.AppRunner(
         app,
         handle_signals=False,
         shutdown_timeout=config.server.shutdown_timeout,
         keepalive_timeout=config.server.idle_timeout,
+        auto_decompress=False,  # never inflate a body: guard.refuse_compressed refuses it instead
     )
-    await runner.setup()
+    try:
+        await runner.setup()
+    except DatabaseInUse as exc:
+        raise SystemExit(f"flowforged: {exc}") from None
     site = web.TCPSite(runner, config.server.host, config.server.port)
     try:
         await site.start()
@@ -241,6 +266,7 @@ async def serve(
         database=str(config.storage.path),
     )
     notifier.notify("READY=1")
+    reloader.ready.set()
     if on_ready is not None:
         on_ready(runner)
     watchdog = asyncio.create_task(notifier.watchdog())
@@ -248,5 +274,6 @@ async def serve(
     log.info("stopping: draining in-flight requests")
     notifier.notify("STOPPING=1")
     watchdog.cancel()
+    await reloader.close()
     await runner.cleanup()
     log.info("stopped")

@@ -27,7 +27,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     cfg = _load(args)
     logs.setup(cfg.logging.level)
-    asyncio.run(serve(cfg))
+    asyncio.run(serve(cfg, reload=lambda: _load(args)))  # SIGHUP reads the same file again
     return 0
 
 
@@ -41,7 +41,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_secret(args: argparse.Namespace) -> int:
-    backend = secrets.system_keyring()
+    backend = secrets.writable_keyring(args.name)  # before asking for a value that could not be kept
     if args.action == "set":
         if sys.stdin.isatty():
             value = getpass.getpass(f"value for {args.name} (not echoed): ")
@@ -53,7 +53,7 @@ def cmd_secret(args: argparse.Namespace) -> int:
         secrets.set_secret(args.name, value, backend)
         print(
             f"stored secret {args.name!r} in keyring service {secrets.KEYRING_SERVICE!r} "
-            f"({type(backend).__module__}.{type(backend).__name__})"
+            f"({type(backend).__module__}.{type(backend).__name__}); read back to check"
         )
         return 0
     if secrets.delete_secret(args.name, backend):
@@ -267,63 +267,120 @@ def cmd_notify_test(args: argparse.Namespace) -> int:
     from flowforged.app import make_sinks
     from flowforged.notify_test import send_sample
 
-    cfg = _load(args)
+    # Only the sink's own secrets are needed: by hand, outside the service, the others are not there.
+    cfg = _load(args, lenient=True)
     sinks = make_sinks(cfg)
     if args.sink not in sinks:
         raise FlowForgeError(f"no sink named {args.sink!r} (configured: {', '.join(sorted(sinks)) or 'none'})")
+    for key, value in cfg.sink_configs[args.sink]:
+        if isinstance(value, secrets.Secret) and value.origin == "missing":
+            hint = f"${secrets.env_variable(value.name)}" if value.name else "the environment"
+            raise FlowForgeError(f"sinks.{args.sink}.{key}: secret {value.name!r} not found (give it in {hint})")
     logs.setup(cfg.logging.level, stream=sys.stderr)
     ok, answer = asyncio.run(send_sample(sinks[args.sink]))
     print(f"{args.sink}: {'sent' if ok else 'FAILED'}: {answer}")
     return 0 if ok else 1
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1, refused with a clear message otherwise."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+STATUSES = ["pending", "running", "blocked", "success", "failed", "cancelled", "skipped"]
+NOTIFICATION_STATES = ["pending", "sent", "dead", "suppressed", "superseded"]
+
+
+def _common() -> argparse.ArgumentParser:
+    """`-c` is taken before or after the subcommand: `flowforged -c F run` and `flowforged run -c F`."""
+    common = argparse.ArgumentParser(add_help=False)
+    # SUPPRESS: a subcommand without -c leaves the value given before the subcommand alone.
+    common.add_argument(
+        "-c",
+        "--config",
+        default=argparse.SUPPRESS,
+        help=f"config file (default: $FLOWFORGED_CONFIG, else {config.DEFAULT_PATH})",
+    )
+    return common
+
+
+def _add_runs(sub: Any, common: argparse.ArgumentParser) -> None:
+    runs = sub.add_parser("runs", parents=[common], help="list recent runs", description="List recent runs.")
+    runs.add_argument("--source", help="only runs of this source (its name in the config)")
+    runs.add_argument("--pipeline", help="only runs of this pipeline")
+    runs.add_argument("--branch", help="only runs on this branch")
+    runs.add_argument("--status", choices=STATUSES, help="only runs in this status")
+    runs.add_argument("--limit", type=positive_int, default=50, help="at most this many runs (default: 50)")
+    runs.add_argument("--json", action="store_true", help="JSON, with the API's field names")
+    runs.set_defaults(func=cmd_runs)
+
+
+def _add_notifications(sub: Any, common: argparse.ArgumentParser) -> None:
+    notes = sub.add_parser(
+        "notifications",
+        parents=[common],
+        help="list notifications by state, or retry one",
+        description="List the outbox's notifications, or send a dead or pending one again now.",
+    )
+    notes.add_argument(
+        "action", nargs="?", choices=["list", "retry"], default="list", help="list (the default) or retry"
+    )
+    notes.add_argument("id", nargs="?", type=int, help="the notification's ID (for retry)")
+    notes.add_argument("--state", choices=NOTIFICATION_STATES, help="only notifications in this state")
+    notes.add_argument("--limit", type=positive_int, default=50, help="at most this many (default: 50)")
+    notes.add_argument("--json", action="store_true", help="JSON instead of a table")
+    notes.set_defaults(func=cmd_notifications)
+
+
+def _add_silence(sub: Any, common: argparse.ArgumentParser) -> None:
+    silence = sub.add_parser(
+        "silence",
+        parents=[common],
+        help="silence notifications for some pipelines for a while",
+        description="Add, list or expire silences: a silenced notification is recorded as suppressed.",
+    )
+    silence.add_argument("action", choices=["add", "list", "expire"], help="what to do")
+    silence.add_argument("id", nargs="?", type=int, help="the silence's ID (for expire)")
+    silence.add_argument("--source", action="append", help="glob; repeat for several (default: all)")
+    silence.add_argument("--pipeline", action="append", help="glob; repeat for several (default: all)")
+    silence.add_argument("--branch", action="append", help="glob; repeat for several (default: all)")
+    silence.add_argument("--until", default="2h", help="a duration (2h, 1d) or an ISO 8601 time (default: 2h)")
+    silence.add_argument("--comment", default="", help="why, for whoever reads the list")
+    silence.add_argument("--all", action="store_true", help="list expired silences too")
+    silence.add_argument("--json", action="store_true", help="JSON instead of a table")
+    silence.set_defaults(func=cmd_silence)
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="flowforged", description="A CI/CD watcher daemon.")
     top.add_argument("-c", "--config", help=f"config file (default: $FLOWFORGED_CONFIG, else {config.DEFAULT_PATH})")
     top.add_argument("--version", action="version", version=f"flowforged {__version__}")
-    sub = top.add_subparsers(dest="command", required=True)
-    sub.add_parser("run", help="run the daemon").set_defaults(func=cmd_run)
-    sub.add_parser("check-config", help="validate the config; exit 2 listing every problem").set_defaults(
-        func=cmd_check_config
-    )
-    secret = sub.add_parser("secret", help="store or delete a secret in the system keyring")
-    secret.add_argument("action", choices=["set", "delete"])
-    secret.add_argument("name")
-    secret.set_defaults(func=cmd_secret)
-    runs = sub.add_parser("runs", help="list recent runs")
-    runs.add_argument("--source")
-    runs.add_argument("--pipeline")
-    runs.add_argument("--branch")
-    runs.add_argument(
-        "--status", choices=["pending", "running", "blocked", "success", "failed", "cancelled", "skipped"]
-    )
-    runs.add_argument("--limit", type=int, default=50)
-    runs.add_argument("--json", action="store_true", help="JSON, with the API's field names")
-    runs.set_defaults(func=cmd_runs)
-    reindex = sub.add_parser("reindex", help="re-normalize the raw deliveries (after a parser fix)")
+    sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND", help="what to do")
+    common = _common()
+
+    def command(name: str, func: Callable[[argparse.Namespace], int], text: str) -> argparse.ArgumentParser:
+        child = sub.add_parser(name, parents=[common], help=text, description=text[0].upper() + text[1:] + ".")
+        child.set_defaults(func=func)
+        return child
+
+    command("run", cmd_run, "run the daemon (SIGHUP reloads the config, SIGTERM drains and stops)")
+    command("check-config", cmd_check_config, "validate the config; exit 2 listing every problem")
+    secret = command("secret", cmd_secret, "store or delete a secret in the system keyring")
+    secret.add_argument("action", choices=["set", "delete"], help="set (value from stdin or a prompt) or delete")
+    secret.add_argument("name", help="the secret's name, as in {secret: NAME} in the config")
+    _add_runs(sub, common)
+    reindex = command("reindex", cmd_reindex, "re-normalize the raw deliveries (after a parser fix)")
     reindex.add_argument("--errors-only", action="store_true", help="only deliveries that failed to parse")
-    reindex.set_defaults(func=cmd_reindex)
-    notes = sub.add_parser("notifications", help="list notifications by state, or retry one")
-    notes.add_argument("action", nargs="?", choices=["list", "retry"], default="list")
-    notes.add_argument("id", nargs="?", type=int)
-    notes.add_argument("--state", choices=["pending", "sent", "dead", "suppressed", "superseded"])
-    notes.add_argument("--limit", type=int, default=50)
-    notes.add_argument("--json", action="store_true")
-    notes.set_defaults(func=cmd_notifications)
-    silence = sub.add_parser("silence", help="silence notifications for some pipelines for a while")
-    silence.add_argument("action", choices=["add", "list", "expire"])
-    silence.add_argument("id", nargs="?", type=int)
-    silence.add_argument("--source", action="append", help="glob; repeat for several (default: all)")
-    silence.add_argument("--pipeline", action="append", help="glob; repeat for several (default: all)")
-    silence.add_argument("--branch", action="append", help="glob; repeat for several (default: all)")
-    silence.add_argument("--until", default="2h", help="a duration (2h, 1d) or an ISO 8601 time")
-    silence.add_argument("--comment", default="")
-    silence.add_argument("--all", action="store_true", help="list expired silences too")
-    silence.add_argument("--json", action="store_true")
-    silence.set_defaults(func=cmd_silence)
-    test = sub.add_parser("notify-test", help="send a sample notification through a configured sink")
-    test.add_argument("sink")
-    test.set_defaults(func=cmd_notify_test)
+    _add_notifications(sub, common)
+    _add_silence(sub, common)
+    test = command("notify-test", cmd_notify_test, "send a sample notification through a configured sink")
+    test.add_argument("sink", help="the sink's name in the config")
     return top
 
 

@@ -45,17 +45,29 @@ def _resolve_secret(value: Any, info: ValidationInfo) -> Any:
     if isinstance(value, Secret):
         return value
     if isinstance(value, str):
-        return Secret(value, "inline")
+        return _not_empty(Secret(value, "inline"))
     if isinstance(value, dict) and len(value) == 1 and ("secret" in value or "env" in value):
         if context is None:
             raise ValueError("secrets cannot be resolved here")
         try:
             if "secret" in value:
-                return context.lookup(str(value["secret"]))
-            return context.env(str(value["env"]))
+                return _not_empty(context.lookup(str(value["secret"])))
+            return _not_empty(context.env(str(value["env"])))
         except SecretNotFound as exc:
             raise ValueError(str(exc)) from None
     raise ValueError("expected {secret: NAME}, {env: VARIABLE} or a string")
+
+
+def _not_empty(secret: Secret) -> Secret:
+    """An empty (or blank) secret is refused like a missing one: an HMAC keyed with "" or a token
+    compared with "" authenticates anyone who knows that, which is everyone."""
+    if secret.get().strip() or secret.origin == "missing":  # missing: lenient commands need no value
+        return secret
+    if secret.origin == "inline":
+        raise ValueError("secret is empty (written inline)")
+    if secret.origin == "env":
+        raise ValueError(f"environment variable {secret.name} is empty")
+    raise ValueError(f"secret {secret.name!r} is empty ({secret.where})")
 
 
 SecretValue = Annotated[Secret, BeforeValidator(_resolve_secret)]
@@ -71,7 +83,13 @@ class Section(BaseModel):
 
 class ServerConfig(Section):
     listen: str = "127.0.0.1:8080"
-    max_body_bytes: int = Field(default=25 * 1024 * 1024, gt=0)  # GitHub caps payloads at 25 MiB
+    # GitHub caps payloads at 25 MB, but workflow_run and pipeline events are tens of KB: a lower
+    # limit keeps what an unauthenticated sender can make the daemon hold small.
+    max_body_bytes: int = Field(default=1024 * 1024, gt=0)
+    # Bytes that requests not yet authenticated may hold at once, all together; past it, 503.
+    max_unauthenticated_bytes: int = Field(default=32 * 1024 * 1024, gt=0)
+    # A connection whose answer the client has not read within send_timeout is closed.
+    send_timeout: Duration = Field(default=30.0, gt=0)
     shutdown_timeout: Duration = 10.0
     # Slow clients (slowloris): a connection that has not sent a whole request's headers within
     # idle_timeout is closed; a body not received within body_timeout is answered 408.
@@ -85,6 +103,12 @@ class ServerConfig(Section):
         if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
             raise ValueError(f"expected host:port, got {value!r}")
         return value
+
+    @pydantic.model_validator(mode="after")
+    def _budget(self) -> ServerConfig:
+        if self.max_unauthenticated_bytes < self.max_body_bytes:
+            raise ValueError("max_unauthenticated_bytes must be at least max_body_bytes, or no body that large is read")
+        return self
 
     @property
     def host(self) -> str:
@@ -180,6 +204,9 @@ class RuleConfig(Section):
     group_wait: Duration = 0.0
     min_consecutive_failures: int = Field(default=1, ge=1)
     continue_: bool = Field(default=False, alias="continue")
+    # Runs of pull (merge) requests and forks have a state of their own, per pull request: a rule
+    # takes their transitions only when it says so (`branches` then matches their head branch).
+    pull_requests: bool = False
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 

@@ -1,4 +1,4 @@
-"""The dispatcher: sends due outbox rows through their sinks (DESIGN.md, "Dispatch").
+"""The dispatcher: sends due outbox rows through their sinks (docs/architecture.md).
 
 One worker per sink, so a slow sink delays only itself. Each worker, in order:
   expire   a row older than `max_age` is dead without being sent;
@@ -82,19 +82,45 @@ class Dispatcher:
         self.rng = rng
         self.observers: list[Observer] = []
         self._wake = {name: asyncio.Event() for name in sinks}
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: dict[str, asyncio.Task[None]] = {}
         self._last_sent: dict[str, float] = {}
         self._paused_until: dict[str, float] = {}
 
     def start(self) -> None:
-        self._tasks = [asyncio.create_task(self._worker(name), name=f"sink-{name}") for name in self.sinks]
+        for name in self.sinks:
+            self._start(name)
+
+    def _start(self, name: str) -> None:
+        self._wake[name] = asyncio.Event()
+        self._tasks[name] = asyncio.create_task(self._worker(name), name=f"sink-{name}")
 
     async def stop(self) -> None:
-        for task in self._tasks:
+        await self._stop(list(self._tasks))
+
+    async def _stop(self, names: list[str]) -> None:
+        tasks = [self._tasks.pop(name) for name in names if name in self._tasks]
+        for task in tasks:
             task.cancel()
-        for task in self._tasks:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+    async def reload(self, sinks: dict[str, Sink]) -> dict[str, list[str]]:
+        """Take the sinks of a new configuration. A sink whose config is unchanged keeps its object
+        (and its pacing); a changed one is swapped, and its worker uses it from its next message on; a
+        removed sink's worker stops (a message it was sending stays pending, as at shutdown)."""
+        added = [name for name in sinks if name not in self.sinks]
+        changed = [name for name in sinks if name in self.sinks and sinks[name].config != self.sinks[name].config]
+        removed = [name for name in self.sinks if name not in sinks]
+        for name in added + changed:
+            self.sinks[name] = sinks[name]
+        for name in added:
+            self._start(name)
+        await self._stop(removed)
+        for name in removed:
+            del self.sinks[name]
+            self._wake.pop(name, None)
+        return {"added": added, "changed": changed, "removed": removed}
 
     def wake(self) -> None:
         for event in self._wake.values():

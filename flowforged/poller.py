@@ -1,4 +1,4 @@
-"""The poller (DESIGN.md, "The one path every event takes"): what webhooks missed, from the providers' APIs.
+"""The poller: what webhooks missed, from the providers' APIs (docs/architecture.md, the event path).
 
 One APScheduler job per source with a `poll_interval`, each cycle asking the provider plugin's poll()
 what changed since the cursors in poll_state; every run and job it finds goes through
@@ -197,34 +197,59 @@ class Poller:
         except StoreUnavailable as exc:  # readiness reports the store; polling can still start
             log.warning("old ETags not pruned", error=str(exc))
             pruned = 0
-        options = {"clock": self.clock, **self.client_options}
-        for name, provider in self.providers.items():
-            interval = provider.config.poll_interval
-            try:
-                self.clients[name] = provider.make_client(self.session, self.etags, **options)
-            except NotImplementedError as exc:
-                if interval > 0:
-                    log.warning("source not polled", source=name, reason=str(exc))
-                continue
-            if interval > 0:
-                self._states[name] = SourceState(interval=interval)
         self.scheduler.start()
-        for name, state in self._states.items():
-            self.scheduler.add_job(
-                self._job,
-                "interval",
-                seconds=state.interval,
-                # Sources (and daemons) polling the same API should not all ask at the same second.
-                jitter=min(state.interval * 0.1, 30.0),
-                args=[name],
-                id=name,
-                name=f"poll {name}",
-                max_instances=1,
-                coalesce=True,
-                misfire_grace_time=None,  # a late cycle still runs (once: coalesce)
-                next_run_time=datetime.now(UTC),
-            )
+        for name in self.providers:
+            self._add(name)
         log.info("poller started", sources=sorted(self._states), clients=sorted(self.clients), etags_pruned=pruned)
+
+    def _add(self, name: str) -> None:
+        """Make the source's client and, when it polls, schedule its cycles, the first one now."""
+        provider = self.providers[name]
+        interval = provider.config.poll_interval
+        options = {"clock": self.clock, **self.client_options}
+        try:
+            self.clients[name] = provider.make_client(self.session, self.etags, **options)
+        except NotImplementedError as exc:
+            if interval > 0:
+                log.warning("source not polled", source=name, reason=str(exc))
+            return
+        if interval <= 0:
+            return
+        self._states[name] = SourceState(interval=interval)
+        self.scheduler.add_job(
+            self._job,
+            "interval",
+            seconds=interval,
+            # Sources (and daemons) polling the same API should not all ask at the same second.
+            jitter=min(interval * 0.1, 30.0),
+            args=[name],
+            id=name,
+            name=f"poll {name}",
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=None,  # a late cycle still runs (once: coalesce)
+            next_run_time=datetime.now(UTC),
+            replace_existing=True,
+        )
+
+    def _remove(self, name: str, *, forget: bool) -> None:
+        """Stop polling the source; `forget` also drops the re-runs it was looking after."""
+        if self.scheduler.get_job(name) is not None:
+            self.scheduler.remove_job(name)
+        tables: list[dict[str, Any]] = [self.clients, self._states, self.memory, self._reported]
+        for table in tables + ([self.following] if forget else []):
+            table.pop(name, None)
+
+    def reload(self, changed: Sequence[str], removed: Sequence[str]) -> None:
+        """After `providers` took a new configuration: the sources added or changed get a new client
+        and schedule (the first cycle now, from their cursors), the removed ones stop being polled. A
+        cycle in flight ends with the provider and client it started with; its committed work stands."""
+        for name in removed:
+            self._remove(name, forget=True)
+        for name in changed:
+            self._remove(name, forget=False)
+        for name in changed:
+            self._add(name)
 
     async def stop(self) -> None:
         """Stop scheduling and end the cycles in flight. Their committed work stands: every cursor is
@@ -338,7 +363,9 @@ class Poller:
     def report(self, source: str) -> None:
         """Tell the listeners (metrics) each request of the source's client since the last report
         (the control API's operations included: they share the client), and the budget left."""
-        client = self.clients[source]
+        client = self.clients.get(source)
+        if client is None:  # a cycle that ends after its source was removed by a reload
+            return
         stats = client.stats
         seen = self._reported.setdefault(source, dict.fromkeys(OUTCOMES, 0))
         for outcome in OUTCOMES:

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import keyring
 import keyring.backend
-import keyring.backends.fail
 import keyring.errors
 
 from flowforged import logs
@@ -40,6 +39,19 @@ class Secret:
     def get(self) -> str:
         return self._value
 
+    @property
+    def where(self) -> str:
+        """The place it was read from, as the messages about secrets name it."""
+        if self.origin == "credential":
+            return "$CREDENTIALS_DIRECTORY"
+        if self.origin == "keyring":
+            return f"keyring service {KEYRING_SERVICE!r}"
+        if self.origin == "environment" and self.name:
+            return f"${env_variable(self.name)}"
+        if self.origin == "env" and self.name:
+            return f"${self.name}"
+        return self.origin
+
     def __repr__(self) -> str:
         return f"Secret({self.origin}:{self.name or '-'})"
 
@@ -52,6 +64,15 @@ class Secret:
         return hash(self._value)
 
 
+# Backends that keep nothing a daemon could read back: `fail` refuses, `null` accepts and drops.
+_NO_STORAGE = ("keyring.backends.fail.Keyring", "keyring.backends.null.Keyring")
+_NOT_A_CHOICE = (*_NO_STORAGE, "keyring.backends.chainer.ChainerBackend")
+
+
+def _class_name(backend: object) -> str:
+    return f"{type(backend).__module__}.{type(backend).__name__}"
+
+
 def _load_backend(path: str) -> keyring.backend.KeyringBackend:
     module_name, _, class_name = path.rpartition(".")
     try:
@@ -61,6 +82,24 @@ def _load_backend(path: str) -> keyring.backend.KeyringBackend:
     return cls()
 
 
+def _choose(environ: Mapping[str, str]) -> tuple[keyring.backend.KeyringBackend | None, str]:
+    """The backend to use, or None and why there is none."""
+    named = environ.get(BACKEND_VARIABLE)
+    if named:
+        backend = _load_backend(named)
+        if _class_name(backend) in _NO_STORAGE:
+            return None, f"{BACKEND_VARIABLE}={named} stores nothing"
+    else:
+        from keyring.backends import SecretService
+
+        backend = SecretService.Keyring()
+    try:
+        backend.priority  # noqa: B018 - a backend that cannot work here raises (no D-Bus, no daemon)
+    except Exception as exc:
+        return None, f"{_class_name(backend)} cannot work here ({exc})"
+    return backend, ""
+
+
 def system_keyring(environ: Mapping[str, str] = os.environ) -> keyring.backend.KeyringBackend | None:
     """The keyring backend, chosen explicitly: never keyring's silent default.
 
@@ -68,21 +107,41 @@ def system_keyring(environ: Mapping[str, str] = os.environ) -> keyring.backend.K
     plaintext file. So FlowForge uses the backend named in $FLOWFORGED_KEYRING_BACKEND, else the
     Secret Service (GNOME Keyring, KeePassXC) when one answers, else none.
     """
-    named = environ.get(BACKEND_VARIABLE)
-    if named:
-        backend = _load_backend(named)
-        if isinstance(backend, keyring.backends.fail.Keyring):
-            return None
-    else:
-        try:
-            from keyring.backends import SecretService
-
-            backend = SecretService.Keyring()
-            backend.priority  # noqa: B018 - raises when no Secret Service is reachable
-        except Exception:
-            return None
-    keyring.set_keyring(backend)
+    backend, _ = _choose(environ)
+    if backend is not None:
+        keyring.set_keyring(backend)
     return backend
+
+
+def usable_backends() -> list[str]:
+    """The keyring backends installed here that can store a secret now, as class names."""
+    from keyring.backend import get_all_keyring
+
+    return sorted(name for name in map(_class_name, get_all_keyring()) if name not in _NOT_A_CHOICE)
+
+
+def writable_keyring(name: str, environ: Mapping[str, str] = os.environ) -> keyring.backend.KeyringBackend:
+    """The keyring that `secret set` and `secret delete` use; without one, an error saying what to do."""
+    backend, reason = _choose(environ)
+    if backend is None:
+        raise SecretNotFound(headless_help(name, reason))
+    return backend
+
+
+def headless_help(name: str, reason: str) -> str:
+    """What to do on a server without a Secret Service (no desktop session, no D-Bus)."""
+    usable = ", ".join(usable_backends()) or "none is installed here"
+    return (
+        f"no usable keyring: {reason}.\n"
+        f"On a server, keep the secret {name!r} in one of these instead:\n"
+        f'  - systemd credentials, for the service (README, "Run it as a service"):\n'
+        f"      systemd-creds encrypt --name={name} - /etc/credstore.encrypted/{name}   (value on stdin)\n"
+        f"    and LoadCredentialEncrypted={name} in the unit; the daemon reads $CREDENTIALS_DIRECTORY/{name}\n"
+        f"  - the environment: ${env_variable(name)}\n"
+        f"  - another keyring backend, named in ${BACKEND_VARIABLE}: {usable}; or, after\n"
+        f"    `pip install keyrings.alt`, keyrings.alt.file.PlaintextKeyring (a plaintext file, mode 0600,\n"
+        f"    in the home of the user who runs flowforged)"
+    )
 
 
 @dataclasses.dataclass
@@ -144,23 +203,22 @@ def env_variable(name: str) -> str:
     return "FLOWFORGED_SECRET_" + name.upper().replace("-", "_").replace(".", "_")
 
 
-def set_secret(name: str, value: str, backend: keyring.backend.KeyringBackend | None) -> None:
-    if backend is None:
-        raise SecretNotFound(
-            "no system keyring is available (no Secret Service answered and "
-            f"${BACKEND_VARIABLE} is not set); use systemd LoadCredential= or ${env_variable(name)}"
-        )
+def set_secret(name: str, value: str, backend: keyring.backend.KeyringBackend) -> None:
+    """Store `value`, then read it back: a backend that drops it silently must not be reported as storing it."""
     if not _NAME.match(name):
         raise SecretNotFound(f"secret name {name!r} is not valid (letters, digits, '-', '_', '.')")
     try:
         backend.set_password(KEYRING_SERVICE, name, value)
-    except keyring.errors.KeyringError as exc:
-        raise SecretNotFound(f"the keyring refused to store {name!r}: {type(exc).__name__}") from None
+        kept = backend.get_password(KEYRING_SERVICE, name) == value
+    except Exception as exc:  # each backend has its own errors (secretstorage's are not KeyringError)
+        raise SecretNotFound(
+            headless_help(name, f"{_class_name(backend)} refused to store it ({type(exc).__name__})")
+        ) from None
+    if not kept:
+        raise SecretNotFound(headless_help(name, f"{_class_name(backend)} did not keep it (nothing was stored)"))
 
 
-def delete_secret(name: str, backend: keyring.backend.KeyringBackend | None) -> bool:
-    if backend is None:
-        raise SecretNotFound(f"no system keyring is available (set ${BACKEND_VARIABLE})")
+def delete_secret(name: str, backend: keyring.backend.KeyringBackend) -> bool:
     try:
         backend.delete_password(KEYRING_SERVICE, name)
     except keyring.errors.PasswordDeleteError:

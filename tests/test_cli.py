@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import io
 import json
@@ -38,7 +39,8 @@ def test_secret_set_without_a_keyring_says_what_to_do_instead(monkeypatch, capsy
     monkeypatch.setattr("sys.stdin", io.StringIO("value\n"))
     assert cli.main(["secret", "set", "x"]) == 1
     err = capsys.readouterr().err
-    assert "no system keyring is available" in err and "FLOWFORGED_SECRET_X" in err
+    assert "no usable keyring: FLOWFORGED_KEYRING_BACKEND=keyring.backends.fail.Keyring stores nothing" in err
+    assert "$FLOWFORGED_SECRET_X" in err and "LoadCredentialEncrypted=x" in err
 
 
 async def test_runs_lists_table_and_json_with_filters(daemon, db_path, tmp_path, capsys):
@@ -191,3 +193,81 @@ async def test_notify_test_reports_the_sinks_answer(aiohttp_server, db_path, tmp
     out = capsys.readouterr().out
     assert "FAILED: permanent error" in out and "no_service" in out
     assert await asyncio.to_thread(cli.main, ["-c", config, "notify-test", "nope"]) == 1
+
+
+def _walk(parser: argparse.ArgumentParser, path: str = "flowforged"):
+    """Every (command path, parser) of the tree, the top one included."""
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                yield from _walk(child, f"{path} {name}")
+
+
+def test_every_subcommand_and_option_has_help_text():
+    missing = []
+    for path, parser in _walk(cli.parser()):
+        if path != "flowforged" and not (parser.description or "").strip():
+            missing.append(f"{path}: no description")
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                helped = {choice.dest for choice in action._choices_actions if (choice.help or "").strip()}
+                missing += [f"{path} {name}: no help" for name in action.choices if name not in helped]
+            if not (action.help or "").strip():
+                missing.append(f"{path} {'/'.join(action.option_strings) or action.dest}: no help")
+    assert missing == []
+    assert len(list(_walk(cli.parser()))) == 9  # the tree walked is the whole command set
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_config_option_before_or_after_every_subcommand(db_path, tmp_path, capsys, where):
+    path = _config(tmp_path, db_path)
+    commands = {name for name, _ in _walk(cli.parser())}
+    assert {f"flowforged {c}" for c in ("run", "check-config", "runs", "reindex")} <= commands
+    for command in (["check-config"], ["reindex"], ["runs"], ["notifications"], ["silence", "list"]):
+        argv = ["-c", path, *command] if where == "before" else [*command, "-c", path]
+        assert cli.main(argv) in (0, 1), argv
+        out, err = capsys.readouterr()
+        assert "/etc/flowforged" not in out + err  # the file given, not the default
+    argv = ["check-config", "--config", path] if where == "after" else ["--config", path, "check-config"]
+    assert cli.main(argv) == 0
+    assert capsys.readouterr().out.startswith(f"{path}: ok")
+
+
+def test_an_option_after_the_subcommand_wins_over_the_one_before(db_path, tmp_path, capsys):
+    good = _config(tmp_path, db_path)
+    assert cli.main(["-c", str(tmp_path / "absent.yaml"), "check-config", "-c", good]) == 0
+    assert capsys.readouterr().out.startswith(f"{good}: ok")
+
+
+@pytest.mark.parametrize("command", [["runs"], ["notifications"]])
+@pytest.mark.parametrize("limit", ["0", "-3", "ten"])
+def test_limit_must_be_a_positive_number(command, limit, capsys):
+    with pytest.raises(SystemExit) as exited:
+        cli.main([*command, "--limit", limit])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --limit:" in err
+    assert ("must be at least 1" in err) if limit != "ten" else ("expected a whole number, got 'ten'" in err)
+
+
+async def test_notify_test_needs_only_the_sinks_own_secrets(aiohttp_server, db_path, tmp_path, capsys, monkeypatch):
+    """By hand, outside the service, an operator has the Slack URL but not the other credentials."""
+    from tests.fakes.slack import FakeSlack
+
+    slack = FakeSlack().script(["200"])
+    server = await aiohttp_server(slack.app())
+    monkeypatch.setenv("FLOWFORGED_KEYRING_BACKEND", "keyring.backends.fail.Keyring")
+    config = _config(
+        tmp_path,
+        db_path,
+        "sources: {github: {type: github, webhook_secret: {secret: github-webhook}}}\n"
+        "sinks: {team-slack: {type: slack, webhook_url: {secret: slack-webhook}}}\n",
+    )
+    argv = ["notify-test", "team-slack", "-c", config]
+    assert await asyncio.to_thread(cli.main, argv) == 1
+    assert "sinks.team-slack.webhook_url: secret 'slack-webhook' not found" in capsys.readouterr().err
+    monkeypatch.setenv("FLOWFORGED_SECRET_SLACK_WEBHOOK", str(server.make_url(slack.path)))
+    assert await asyncio.to_thread(cli.main, argv) == 0
+    assert capsys.readouterr().out.strip() == "team-slack: sent: ok"
+    assert len(slack.messages) == 1

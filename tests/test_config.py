@@ -1,4 +1,4 @@
-"""Config validation: every problem with its key path, secrets from where DESIGN.md says."""
+"""Config validation: every problem with its key path."""
 
 from __future__ import annotations
 
