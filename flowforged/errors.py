@@ -32,7 +32,7 @@ class StoreUnavailable(FlowForgeError):
 
 
 class ProviderError(FlowForgeError):
-    """A provider API answered with an error for an operation (issue 4 maps these to API errors)."""
+    """A provider API answered with an error for an operation; the control API answers with its status."""
 
     def __init__(self, message: str, status: int = 502, code: str = "provider_error"):
         self.status = status

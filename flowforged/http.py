@@ -1,4 +1,4 @@
-"""The HTTP client the core lends every provider plugin's async half (DESIGN.md, "Plugins").
+"""The HTTP client the core lends every provider plugin's async half (docs/architecture.md, "Polling").
 
 It owns what every provider needs, so that no plugin writes it twice: the base URL and auth header,
 `ETag` / `If-None-Match` caching, rate-limit accounting (refuse to spend the last `headroom` requests,

@@ -1,13 +1,17 @@
-"""The ingest path shared by webhooks, polling and reindex (DESIGN.md, "The one path every event takes").
+"""The ingest path shared by webhooks, polling and reindex (docs/architecture.md: "The parts, in the
+order a delivery travels").
 
 Decoding and normalizing are the provider plugin's pure half; a payload that authenticates but cannot
-be normalized is still stored raw, with its error, so that `flowforged reindex` can pick it up after a
-parser fix. After the commit, new events go to the bus and the listeners registered here.
+be normalized (an unexpected shape, a field the store cannot hold, JSON nested too deeply to decode)
+is still stored raw, with its error, so that `flowforged reindex` can pick it up after a parser fix.
+After the commit, new events go to the bus and the listeners registered here.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -15,8 +19,8 @@ import msgspec
 
 from flowforged import logs
 from flowforged.bus import Bus
-from flowforged.model import Event, utcnow
-from flowforged.plugin import Headers, Provider
+from flowforged.model import Event, RunEvent, utcnow
+from flowforged.plugin import Headers, Provider, Unreadable
 from flowforged.store import Delivery, IngestResult, Store
 from flowforged.store.ingest import event_key
 
@@ -24,12 +28,33 @@ log = logs.get("flowforged.ingest")
 Listener = Callable[[IngestResult, str, str], None]  # (result, source, origin)
 
 
-def normalize(provider: Provider, event: str, payload: Any) -> tuple[list[Event], str | None]:
-    """The plugin's normalization, with any failure turned into a parse error to store."""
+def normalize(provider: Provider, event: str, payload: Any, received: str) -> tuple[list[Event], str | None]:
+    """The plugin's normalization, with any failure turned into a parse error to store, and a state
+    that names no time of its own dated when it was received."""
+    if isinstance(payload, Unreadable):
+        return [], payload.error
     try:
-        return provider.normalize(event, payload), None
+        events = provider.normalize(event, payload)
     except Exception as exc:
-        return [], f"{type(exc).__name__}: {exc}"[:1000]
+        return [], text(f"{type(exc).__name__}: {exc}")[:1000]
+    return [_dated(each, received) for each in events], None
+
+
+_JOB_TIMES = ("started_at", "finished_at")
+
+
+def _dated(event: Event, received: str) -> Event:
+    """An event with no empty string for a time: a missing updated_at is the time it was received."""
+    changes: dict[str, Any] = {"updated_at": received} if not event.updated_at else {}
+    times = ("created_at", "started_at", "finished_at") if isinstance(event, RunEvent) else _JOB_TIMES
+    changes |= {name: None for name in times if getattr(event, name) == ""}
+    return dataclasses.replace(event, **changes) if changes else event
+
+
+def text(value: str) -> str:
+    """Text SQLite can store: a lone surrogate (from JSON's "\\ud800", or a header that is not UTF-8)
+    is written as its escape."""
+    return value if value.isascii() else value.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def stored_headers(provider: Provider, headers: Headers) -> dict[str, str]:
@@ -38,7 +63,15 @@ def stored_headers(provider: Provider, headers: Headers) -> dict[str, str]:
 
 def delivery_id(provider: Provider, headers: Headers, body: bytes) -> str:
     """The provider's delivery id; without one, the body's hash, so that a resend is still a duplicate."""
-    return provider.delivery_id(headers) or "sha256:" + hashlib.sha256(body).hexdigest()
+    return text(provider.delivery_id(headers) or "sha256:" + hashlib.sha256(body).hexdigest())
+
+
+def encoded(payload: Any) -> bytes:
+    """A polled item as stored JSON. msgspec refuses text with a lone surrogate, which json escapes."""
+    try:
+        return msgspec.json.encode(payload)
+    except (UnicodeEncodeError, TypeError, OverflowError):
+        return json.dumps(payload).encode()
 
 
 class Ingest:
@@ -50,8 +83,9 @@ class Ingest:
 
     async def webhook(self, provider: Provider, headers: Headers, body: bytes, payload: Any) -> IngestResult:
         """Store an authenticated, decoded webhook delivery; return once it is committed."""
-        event = provider.event_name(headers, payload)
-        events, error = normalize(provider, event, payload)
+        event = text(provider.event_name(headers, payload))
+        received = utcnow()
+        events, error = normalize(provider, event, payload, received)
         if error:
             log.warning(
                 "payload stored raw: it could not be normalized", source=provider.name, hook_event=event, error=error
@@ -61,7 +95,7 @@ class Ingest:
             delivery_id=delivery_id(provider, headers, body),
             origin="webhook",
             event=event,
-            received_at=utcnow(),
+            received_at=received,
             headers=stored_headers(provider, headers),
             body=body,
             parse_error=error,
@@ -75,7 +109,8 @@ class Ingest:
         the state it reports: re-polling the same state is a duplicate, and a state a webhook already
         told adds no event and no transition.
         """
-        events, error = normalize(provider, event, payload)
+        received = utcnow()
+        events, error = normalize(provider, event, payload, received)
         if error:
             log.warning(
                 "polled item stored raw: it could not be normalized",
@@ -83,18 +118,16 @@ class Ingest:
                 hook_event=event,
                 error=error,
             )
-        if events:
-            key = "poll:" + event_key(events[0])
-        else:
-            key = "poll:" + hashlib.sha256(msgspec.json.encode(payload)).hexdigest()
+        body = encoded(payload)
+        key = "poll:" + (event_key(events[0]) if events else hashlib.sha256(body).hexdigest())
         delivery = Delivery(
             source=provider.name,
             delivery_id=key,
             origin="poll",
             event=event,
-            received_at=utcnow(),
+            received_at=received,
             headers={},
-            body=msgspec.json.encode(payload),
+            body=body,
             parse_error=error,
         )
         return await self.commit(delivery, events)
@@ -110,14 +143,20 @@ class Ingest:
 
 
 def redecode(
-    providers: Mapping[str, Provider], source: str, headers: dict[str, str], body: bytes, event: str
+    providers: Mapping[str, Provider],
+    source: str,
+    headers: dict[str, str],
+    body: bytes,
+    event: str,
+    received: str | None = None,
 ) -> tuple[list[Event], str | None]:
-    """For reindex: the events of a stored delivery under today's parser."""
+    """For reindex: the events of a stored delivery under today's parser, dated `received` (the
+    delivery's received_at) where the payload names no time."""
     provider = providers.get(source)
     if provider is None:
         return [], f"source {source!r} is no longer configured"
     try:
         payload = provider.decode(headers, body)
     except Exception as exc:
-        return [], f"{type(exc).__name__}: {exc}"
-    return normalize(provider, event, payload)
+        return [], text(f"{type(exc).__name__}: {exc}")[:1000]
+    return normalize(provider, event, payload, received or utcnow())

@@ -1,9 +1,15 @@
-"""The normalized model every provider parses into (DESIGN.md, "Normalized model")."""
+"""The normalized model every provider parses into (docs/architecture.md, "Plugins").
+
+An event checks its own fields when it is made: a payload of an unexpected shape (an object where
+text belongs, a number beyond 64 bits, text that is not valid Unicode) fails in the provider's
+normalize(), where it becomes a parse error stored with the raw delivery, never in the store.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import time
 from datetime import UTC, datetime
 
@@ -28,6 +34,12 @@ class Status(enum.StrEnum):
 
 
 TERMINAL = frozenset({Status.SUCCESS, Status.FAILED, Status.CANCELLED, Status.SKIPPED})
+# How providers name a run of a proposed change: GitHub's `event` of a workflow run, GitLab's
+# pipeline `source` (https://docs.gitlab.com/ee/ci/jobs/job_rules.html#ci_pipeline_source-predefined-variable).
+PULL_REQUEST_TRIGGERS = frozenset(
+    {"pull_request", "pull_request_target", "merge_request_event", "external_pull_request_event"}
+)
+INT64 = (-(2**63), 2**63 - 1)  # what SQLite stores as an integer
 
 
 class Transition(enum.StrEnum):
@@ -69,8 +81,24 @@ class RunEvent:
     author: str | None = None
     trigger: str | None = None  # push, schedule, merge_request_event, ...
     number: int | None = None  # run number / pipeline iid, for people
+    # A run of a pull (merge) request: its number, when the provider names it.
+    pull_request: int | None = None
+    # The repository a pull request's run takes its commit from: a fork, or `repo` itself.
+    head_repo: str | None = None
+    # The provider's own figures, when it gives them (GitLab): they win over times subtracted.
+    duration_seconds: float | None = None
+    queue_seconds: float | None = None
 
     kind = "run"
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+    @property
+    def proposed(self) -> bool:
+        """A run of a proposed change (a pull request, or a fork's branch): it says nothing about the
+        branches of the repository it would be merged into."""
+        return self.pull_request is not None or self.head_repo is not None or self.trigger in PULL_REQUEST_TRIGGERS
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -95,8 +123,43 @@ class JobEvent:
 
     kind = "job"
 
+    def __post_init__(self) -> None:
+        check_fields(self)
+
 
 Event = RunEvent | JobEvent
+_TYPES = {"str": (str,), "int": (int,), "float": (int, float), "Status": (Status,)}
+
+
+@functools.cache
+def _field_types(cls: type) -> tuple[tuple[str, tuple[type, ...], bool, str], ...]:
+    """(name, allowed types, may be None, declared) of each field, read once from the annotations."""
+    specs = []
+    for field in dataclasses.fields(cls):
+        declared = [part.strip() for part in str(field.type).split("|")]
+        allowed = tuple(t for name in declared for t in _TYPES.get(name, ()))
+        specs.append((field.name, allowed, "None" in declared, " or ".join(declared)))
+    return tuple(specs)
+
+
+def check_fields(event: RunEvent | JobEvent) -> None:
+    """ValueError naming the first field whose value the store cannot hold as it is declared."""
+    for name, allowed, optional, declared in _field_types(type(event)):
+        value = getattr(event, name)
+        if value is None:
+            if optional:
+                continue
+            raise ValueError(f"{name}: missing")
+        if value.__class__ is bool or not isinstance(value, allowed):
+            raise ValueError(f"{name}: expected {declared}, got {type(value).__name__}")
+        if isinstance(value, str):
+            if not value.isascii():
+                try:
+                    value.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise ValueError(f"{name}: not valid Unicode (a lone surrogate)") from None
+        elif isinstance(value, int) and not INT64[0] <= value <= INT64[1]:
+            raise ValueError(f"{name}: {value} is beyond 64 bits")
 
 
 def iso(value: datetime) -> str:

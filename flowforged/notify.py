@@ -1,9 +1,11 @@
-"""From transitions to outbox rows: the rules of DESIGN.md ("Dispatch") and issue 3.
+"""From transitions to outbox rows: the rules (docs/architecture.md: "The parts, in the order a delivery
+travels").
 
 `Planner.plan` runs on the writer thread, inside the ingest transaction of the delivery that caused the
 transition, so a notification is stored exactly when its transition is. It decides, in order:
-  1. which rules match (source, pipeline and branch globs; the transitions a rule is `on`); the first
-     match wins unless that rule says `continue`;
+  1. which rules match (source, pipeline and branch globs; the transitions a rule is `on`; runs of pull
+     requests only for a rule with `pull_requests: true`); the first match wins unless that rule says
+     `continue`;
   2. min_consecutive_failures: a flaky pipeline is announced broken only at its N-th failure in a row,
      and fixed only if its breakage was announced;
   3. repeat_interval: still_failing at most once per interval per pipeline+branch (a broken message
@@ -39,6 +41,8 @@ NOTIFICATION_FIELDS = (
     "duration_seconds",
     "pipeline_name",
     "finished_at",
+    "pull_request",
+    "head_repo",
 )
 
 
@@ -46,8 +50,17 @@ def _matches(value: str | None, patterns: list[str]) -> bool:
     return value is not None and any(fnmatch.fnmatchcase(value, p) for p in patterns)
 
 
-def branch_matches(rule: RuleConfig, branch: str | None, default_branch: str | None) -> bool:
-    """Without `branches`, a rule follows each repository's default branch, else main and master."""
+def branch_matches(rule: RuleConfig, record: dict[str, Any]) -> bool:
+    """Without `branches`, a rule follows each repository's default branch, else main and master. A
+    run of a pull request is taken only by a rule with `pull_requests`: any pull request, or those
+    whose head branch (or state, `pull/12`) matches `branches`."""
+    branch, default_branch = record["branch"], record.get("default_branch")
+    if record.get("proposed"):
+        if not rule.pull_requests:
+            return False
+        if rule.branches is None:
+            return True
+        return _matches(branch, rule.branches) or _matches(record.get("head_branch"), rule.branches)
     if rule.branches is not None:
         return _matches(branch, rule.branches)
     if default_branch:
@@ -65,7 +78,7 @@ def matching_rules(rules: list[RuleConfig], record: dict[str, Any]) -> list[tupl
             transition in rule.on
             and _matches(record["source"], rule.sources)
             and _matches(record["pipeline"], rule.pipelines)
-            and branch_matches(rule, record["branch"], record.get("default_branch"))
+            and branch_matches(rule, record)
         ):
             matched.append((rule, transition))
             if not rule.continue_:

@@ -33,10 +33,54 @@ if TYPE_CHECKING:
 Headers = Mapping[str, str]  # case-insensitive in practice (aiohttp's CIMultiDictProxy)
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What a provider's API can do for the control API. An option it cannot honour is refused with
+    422 naming it (flowforged.api.actions), never silently dropped."""
+
+    trigger: bool = False
+    inputs: bool = False  # what the pipeline declares it takes (workflow_dispatch inputs, spec:inputs, ...)
+    variables: bool = False  # CI/CD variables set for one run (GitLab variables, Buildkite env)
+    rerun: bool = False  # every job of a run again
+    rerun_failed: bool = False  # only its failed jobs
+    cancel: bool = False
+    force_cancel: bool = False
+
+    def refusal(self, provider: str, action: str, options: Mapping[str, Any]) -> tuple[str, str] | None:
+        """(option, reason) for the first option of `action` this provider cannot honour (the action
+        itself when it has none of it), else None.
+
+        `options` are the request's: trigger (`inputs`, `variables`), rerun (`failed_only`, None when
+        not given), cancel (`force`)."""
+        if action == "trigger":
+            if not self.trigger:
+                return "trigger", f"{provider} sources cannot trigger runs"
+            for name in ("inputs", "variables"):
+                if options.get(name) and not getattr(self, name):
+                    return name, f"{provider} pipelines take no {name}" + (
+                        " (pass them as inputs)" if name == "variables" and self.inputs else ""
+                    )
+        elif action == "rerun":
+            failed_only = options.get("failed_only")
+            if failed_only is None and not (self.rerun or self.rerun_failed):
+                return "rerun", f"{provider} sources cannot re-run runs"
+            if failed_only is True and not self.rerun_failed:
+                return "failed_only", f"{provider} cannot re-run only the failed jobs of a run"
+            if failed_only is False and not self.rerun:
+                return "failed_only", f"{provider} can re-run only the failed jobs of a run, not all of them"
+        elif action == "cancel":
+            if not self.cancel:
+                return "cancel", f"{provider} sources cannot cancel runs"
+            if options.get("force") and not self.force_cancel:
+                return "force", f"{provider} has no forced cancel"
+        return None
+
+
 class Provider(abc.ABC):
     """One configured source of a provider type (`github`, `gitlab`, ...)."""
 
     type: ClassVar[str]
+    capabilities: ClassVar[Capabilities] = Capabilities()  # webhooks only, until a provider says more
     config_model: ClassVar[type[SourceConfig]] = SourceConfig
     # The request headers kept with a raw delivery: what normalize() and people need later. Never a
     # header that carries a secret (GitLab sends its token in X-Gitlab-Token).
@@ -68,7 +112,7 @@ class Provider(abc.ABC):
         """Run and job events in a payload; [] for events nobody cares about. May raise anything on
         a payload of an unexpected shape: the delivery is then stored raw with the error."""
 
-    # --- async half: the provider's API (issue 4) ------------------------------------------------
+    # --- async half: the provider's API -------------------------------------------------------
     # A provider without an API (webhooks only) leaves these as they are: the poller skips it and the
     # control API answers that the operation is not supported.
 
@@ -112,8 +156,11 @@ class Provider(abc.ABC):
         `variables`); the provider's answer about the new run, or None when it gives none."""
         raise NotImplementedError(f"{self.type} sources cannot trigger runs")
 
-    async def rerun(self, client: ProviderClient, run: Mapping[str, Any], failed_only: bool) -> dict[str, Any] | None:
-        """Run again a run (a row of `runs`): all of it, or only its failed jobs."""
+    async def rerun(
+        self, client: ProviderClient, run: Mapping[str, Any], failed_only: bool | None
+    ) -> dict[str, Any] | None:
+        """Run again a run (a row of `runs`): all of it, or only its failed jobs; None: the provider's
+        own re-run (all of it where it can). Only called with what `capabilities` says it can do."""
         raise NotImplementedError(f"{self.type} sources cannot re-run runs")
 
     async def cancel(self, client: ProviderClient, run: Mapping[str, Any], force: bool) -> dict[str, Any] | None:
@@ -199,14 +246,28 @@ class SinkContext:
     log: Any
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Unreadable:
+    """An authentic body that is JSON but cannot be made into objects (nested deeper than Python
+    recurses): ingest stores it raw with `error` and acknowledges it, as any payload it cannot read."""
+
+    error: str
+
+
 def decode_json(body: bytes) -> Any:
     # msgspec decodes a 20 KB workflow_run about twice as fast as the json module: this is the hot path.
     try:
         return msgspec.json.decode(body)
     except msgspec.DecodeError:
         pass
+    except UnicodeDecodeError:
+        raise NotJSON("the body is not UTF-8") from None
+    except RecursionError:
+        return Unreadable("RecursionError: the JSON is nested too deeply to decode")
     try:
         return json.loads(body)  # what msgspec refuses but JSON allows (integers beyond 64 bits)
+    except RecursionError:
+        return Unreadable("RecursionError: the JSON is nested too deeply to decode")
     except (UnicodeDecodeError, ValueError):
         raise NotJSON("the body is not JSON") from None
 

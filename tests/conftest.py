@@ -14,7 +14,9 @@ from aiohttp.test_utils import TestClient
 
 from flowforged import app as app_module
 from flowforged import config, logs
+from flowforged.ingest import redecode
 from flowforged.secrets import SecretContext
+from flowforged.store import connect, reindex
 from flowforged_plugins import github as github_plugin
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,10 +78,13 @@ def gitlab_pipeline(
     ref: str = "master",
     finished_at: str | None = "2016-08-12 15:26:29 UTC",
 ) -> dict[str, Any]:
+    """The real Pipeline Hook, varied. The fixture is a merge request's pipeline (source
+    merge_request_event): made a push to `ref` here, the kind of run that sets a branch's state."""
     payload = fixture("gitlab/webhooks/pipeline_hook.success.json")
     payload["object_attributes"].update(
-        id=pipeline_id, status=status, detailed_status=status, ref=ref, finished_at=finished_at
+        id=pipeline_id, status=status, detailed_status=status, ref=ref, finished_at=finished_at, source="push"
     )
+    payload["merge_request"] = None
     return payload
 
 
@@ -154,3 +159,14 @@ async def gitlab(aiohttp_server: Callable[..., Any]) -> Any:
     fake = FakeGitLab(token=GL_TOKEN)
     fake.server = await aiohttp_server(fake.app)
     return fake
+
+
+def reindex_all(cfg: config.Config, db_path: Path) -> tuple[int, int]:
+    """`flowforged reindex` over the whole store with today's parsers: (new events, parse errors)."""
+    providers = app_module.make_providers(cfg)
+    conn = connect(db_path)
+    try:
+        [*steps] = reindex(conn, lambda *a: redecode(providers, *a), "2026-11-27T00:00:00Z")
+    finally:
+        conn.close()
+    return steps[-1][1:]

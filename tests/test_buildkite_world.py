@@ -1,4 +1,4 @@
-"""Buildkite as a first-class source (issue 6): the real daemon, the fake Buildkite's REST API and
+"""Buildkite as a first-class source: the real daemon, the fake Buildkite's REST API and
 webhooks, the fake Slack and the control API, as an operator would see them together."""
 
 from __future__ import annotations
@@ -238,7 +238,7 @@ async def test_trigger_rerun_and_cancel_through_the_api_reach_buildkite(aiohttp_
     assert [(r.method, r.path, r.json) for r in fake.requests] == [
         ("POST", base, {"commit": "HEAD", "branch": "main", "message": "Deploy", "env": {"DEPLOY_ENV": "staging"}}),
         ("PUT", f"{base}/1/rebuild", None),  # a new build (number 3) of the same commit
-        ("PUT", f"{base}/1/retry_failed_jobs", None),  # the failed job again, in the same build
+        ("POST", f"{base}/1/retry_failed_jobs", None),  # the failed job again, in the same build
         ("PUT", f"{base}/1/cancel", None),
     ]
     assert fake.find("acme/web", 3)["rebuilt_from"]["number"] == 1

@@ -1,8 +1,9 @@
-"""Jenkins as a first-class source (issue 6): the real daemon, the fake Jenkins (JSON API, queue,
+"""Jenkins as a first-class source: the real daemon, the fake Jenkins (JSON API, queue,
 CSRF crumbs) and its Notification plugin deliveries, the fake Slack and the control API, together."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import time
@@ -11,7 +12,7 @@ from typing import Any
 
 from flowforged import app as app_module
 from flowforged.poller import POLLER
-from tests.conftest import API_TOKEN, base_config, make_config
+from tests.conftest import API_TOKEN, base_config, make_config, reindex_all
 from tests.fakes.jenkins_api import CRUMB_FIELD, SESSION_COOKIE, FakeJenkins
 from tests.fakes.slack import FakeSlack
 from tests.test_notify import until
@@ -311,3 +312,55 @@ async def test_a_job_without_parameters_and_a_jenkins_without_csrf(aiohttp_clien
     off = pipelines["tools/off"]
     response = await client.post(f"/api/v1/pipelines/{off['id']}/trigger", headers=AUTH, json={"ref": "main"})
     assert response.status == 409 and "tools/off is disabled" in (await response.json())["error"]["message"]
+
+
+async def test_finish_is_completed_s_queue_time_is_queued_s_and_finalized_moves_nothing(
+    aiohttp_client, aiohttp_server, db_path
+):
+    fake = await fake_jenkins(aiohttp_server)
+    fake.add_job("app", parameters={"BRANCH": "main"})
+    client, _ = await start(aiohttp_client, aiohttp_server, db_path, fake, ["app"])
+    hook = client.make_url("/hooks/jenkins")
+    started = time.time() - 300
+    fake.add_build("app", result="FAILURE", started=started, duration=120)
+    for phase in ("QUEUED", "STARTED", "COMPLETED", "FINALIZED"):
+        delivery = await fake.send_notification(
+            client.session, hook, fake.notification("app", 1, phase), password=SECRET
+        )
+        assert delivery.status == 202, phase
+    [run] = query(db_path, "SELECT * FROM runs")
+    build = fake.find("app", 1)
+    end = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime((build["timestamp"] + build["duration"]) // 1000))
+    assert run["finished_at"] == end  # COMPLETED's moment (start + duration), not FINALIZED's later one
+    assert (run["duration_seconds"], run["queue_seconds"]) == (build["duration"] / 1000, 2.0)  # QUEUED: 2 s before
+    # FINALIZED alone (an endpoint set to "failed" events is told only that) still ends the run.
+    fake.add_build("app", result="FAILURE", started=started + 60, duration=30)
+    delivery = await fake.send_notification(
+        client.session, hook, fake.notification("app", 2, "FINALIZED"), password=SECRET
+    )
+    assert delivery.status == 202
+    second = query(db_path, "SELECT status, duration_seconds FROM runs WHERE run_id = 'app#2'")
+    assert second == [{"status": "failed", "duration_seconds": 30.0}]
+
+
+async def test_a_notification_without_a_timestamp_is_dated_when_received(aiohttp_client, aiohttp_server, db_path):
+    fake = await fake_jenkins(aiohttp_server)
+    fake.add_job("app")
+    client, _ = await start(aiohttp_client, aiohttp_server, db_path, fake, ["app"])
+    fake.add_build("app", started=time.time() - 30)
+    hook = client.make_url("/hooks/jenkins")
+    for phase in ("QUEUED", "STARTED"):
+        payload = fake.notification("app", 1, phase)
+        payload["build"]["timestamp"] = 0 if phase == "QUEUED" else None  # what the plugin sends without one
+        before = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        assert (await fake.send_notification(client.session, hook, payload, password=SECRET)).status == 202
+        after = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 1))
+        [event] = query(db_path, "SELECT data FROM events ORDER BY id DESC LIMIT 1")
+        data = json.loads(event["data"])
+        assert before <= data["updated_at"] <= after, phase
+        assert "" not in [v for k, v in data.items() if k.endswith("_at")]
+    [run] = query(db_path, "SELECT created_at, started_at, updated_at FROM runs")
+    assert run["created_at"] is None and run["started_at"] is None and run["updated_at"]
+    # Reindex dates them as when they were received, so it finds the same states: no new event.
+    await asyncio.sleep(1.1)  # a reindex dated "now" would give other keys from here on
+    assert reindex_all(client.app[app_module.CONFIG], db_path) == (0, 0)  # no new event, no parse error

@@ -1,4 +1,4 @@
-"""Notifications end to end: real fixture payloads in, the fake Slack's inbox out (issue 3)."""
+"""Notifications end to end: real fixture payloads in, the fake Slack's inbox out."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 
 from flowforged import app as app_module
 from flowforged.store import outbox
-from tests.conftest import base_config, github_headers, github_run, make_config
+from tests.conftest import base_config, fixture, github_headers, github_run, make_config
 from tests.fakes.slack import FakeSlack
 
 PIPELINE = "octo-org/octo-repo/.github/workflows/test.yml"
@@ -58,7 +58,9 @@ async def world(aiohttp_server, aiohttp_client, db_path):
         application = app_module.build(make_config(data))
         client = await aiohttp_client(application)
 
-        async def post(conclusion, run_id, *, branch="master", attempt=1, path=None, sha=None, delivery=None):
+        async def post(
+            conclusion, run_id, *, branch="master", attempt=1, path=None, sha=None, delivery=None, change=None
+        ):
             payload = github_run(
                 conclusion,
                 run_id=run_id,
@@ -71,6 +73,8 @@ async def world(aiohttp_server, aiohttp_client, db_path):
                 payload["workflow_run"]["path"] = path
             if sha:
                 payload["workflow_run"]["head_sha"] = sha
+            if change:
+                payload["workflow_run"].update(change)
             body = json.dumps(payload).encode()
             response = await client.post("/hooks/github", data=body, headers=github_headers(body, delivery=delivery))
             assert response.status in (200, 202)
@@ -227,3 +231,56 @@ async def test_min_consecutive_failures_for_flaky_pipelines(world, db_path):
     await post("success", 84)
     await until(lambda: settled(db_path) and len(rows(db_path)) == 2)
     assert [r["transition"] for r in rows(db_path)] == ["broken", "fixed"]
+
+
+def fork(owner: str = "someone") -> dict:
+    """A run of a pull request out of a fork, as GitHub sends it: event pull_request, the fork as the
+    head repository, and an empty pull_requests list (GitHub lists only same-repository ones)."""
+    head = fixture("github/webhooks/workflow_run.completed.with-pull-requests.json")["workflow_run"]["head_repository"]
+    return {
+        "event": "pull_request",
+        "pull_requests": [],
+        "head_repository": {**head, "full_name": f"{owner}/octo-repo", "owner": {**head["owner"], "login": owner}},
+    }
+
+
+async def test_a_forks_pull_request_on_a_branch_named_like_main_leaves_main_alone(world, db_path):
+    client, slack, post = await world()
+    await post("success", 30)
+    await post("failure", 31, change=fork())  # the fork's head branch is called master too
+    await post("success", 32)
+    await until(lambda: settled(db_path))
+    assert rows(db_path) == [] and slack.messages == []  # main was never broken, so never fixed
+    with sqlite3.connect(db_path) as conn:
+        conn.row_factory = sqlite3.Row
+        state = [dict(r) for r in conn.execute("SELECT branch, status FROM pipeline_state ORDER BY branch")]
+        pr = dict(
+            conn.execute("SELECT branch, head_repo, pull_request, transition FROM runs WHERE run_id = '31'").fetchone()
+        )
+    assert state == [
+        {"branch": "master", "status": "success"},
+        {"branch": "someone/octo-repo:master", "status": "failed"},
+    ]
+    assert pr == {"branch": "master", "head_repo": "someone/octo-repo", "pull_request": None, "transition": "broken"}
+
+
+async def test_pull_request_runs_notify_only_rules_that_ask_for_them(world, db_path):
+    rules = [
+        {"name": "prs", "sinks": ["team-slack"], "on": ["broken"], "pull_requests": True, "continue": True},
+        {"name": "main", "branches": ["master"], "sinks": ["team-slack"], "on": ["broken"]},
+    ]
+    client, slack, post = await world(rules=rules)
+    same_repo = fixture("github/webhooks/workflow_run.completed.with-pull-requests.json")["workflow_run"]
+    pull = {"event": "pull_request", "pull_requests": same_repo["pull_requests"], "head_branch": "changes"}
+    await post("failure", 40, change=pull)
+    await post("failure", 41, change=fork("other"))
+    await post("failure", 42)
+    await until(lambda: len(rows(db_path)) == 4 and settled(db_path))
+    # `pull_requests: true` adds pull requests to what a rule takes: the default branch stays in.
+    assert [(r["rule"], r["branch"]) for r in rows(db_path)] == [
+        ("prs", "octo-org/octo-repo:changes"),
+        ("prs", "other/octo-repo:master"),
+        ("prs", "master"),
+        ("main", "master"),
+    ]
+    assert json.loads(rows(db_path)[0]["payload"])["pull_request"] == 2

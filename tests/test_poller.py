@@ -23,12 +23,12 @@ from flowforged import app as app_module
 from flowforged import webhooks
 from flowforged.bus import Bus
 from flowforged.errors import ProviderError
-from flowforged.ingest import Ingest, redecode
+from flowforged.ingest import Ingest
 from flowforged.operations import ProviderOperations
 from flowforged.poller import POLLER, Poller
-from flowforged.store import Store, connect, reindex
+from flowforged.store import Store
 from flowforged_plugins.github import api as github_api
-from tests.conftest import GH_TOKEN, GITHUB_SECRET, GITLAB_TOKEN, GL_TOKEN, base_config, make_config
+from tests.conftest import GH_TOKEN, GITHUB_SECRET, GITLAB_TOKEN, GL_TOKEN, base_config, make_config, reindex_all
 from tests.fakes.github_api import FakeGitHub
 
 REPO = "octo-org/octo-repo"
@@ -449,13 +449,7 @@ async def test_gitlab_pipelines_missed_while_stopped_are_found(start, gitlab, db
     assert (await daemon.poller.poll_once("gitlab")).events == 0
     await daemon.client.close()
     # `flowforged reindex` re-reads polled deliveries as it does webhooks: the same events, no error.
-    providers = app_module.make_providers(daemon.app[app_module.CONFIG])
-    conn = connect(db_path)
-    try:
-        [*steps] = reindex(conn, lambda *a: redecode(providers, *a), "2026-11-27T00:00:00Z")
-    finally:
-        conn.close()
-    assert steps[-1][1:] == (0, 0)  # no new event, no parse error
+    assert reindex_all(daemon.app[app_module.CONFIG], db_path) == (0, 0)  # no new event, no parse error
     polled = query(db_path, "SELECT DISTINCT event FROM deliveries WHERE origin = 'poll'")
     assert {row["event"] for row in polled} == {"api:pipeline", "api:job"}
 
@@ -546,3 +540,122 @@ class standalone:  # noqa: N801 - used as `async with standalone(...)`
         await self.poller.stop()
         await self.session.close()
         await asyncio.to_thread(self.store.close)
+
+
+# --- what a real provider sends and answers: jobs that cannot be read, runs the store cannot hold --
+
+
+@pytest.mark.parametrize("answer", [404, 500])
+async def test_github_failed_run_whose_jobs_cannot_be_read_is_recorded_at_once(aiohttp_server, db_path, answer):
+    clock = Clock(time.time())
+    fake = FakeGitHub(token=GH_TOKEN, clock=clock)
+    server = await aiohttp_server(fake.app)
+    completed(fake, "main", "success", created=900)
+    broken = completed(fake, "main", "failure", created=600, jobs=True)
+    fake.jobs_fail[broken["id"]] = answer
+    source = github_source(server, [REPO], poll_interval=0)
+    config = make_config(base_config(db_path, sources={"github": source}))
+    async with standalone(config, clock, max_retries=0) as poller:
+        cycle = await poller.poll_once("github")
+        assert cycle.errors == []
+        by_id = {r["run_id"]: r for r in runs(db_path)}
+        assert (by_id[str(broken["id"])]["status"], by_id[str(broken["id"])]["transition"]) == ("failed", "broken")
+        assert query(db_path, "SELECT name FROM jobs") == []  # the run without its job names
+        # The endpoint answers again: the job names are filled in by a later cycle, told once.
+        del fake.jobs_fail[broken["id"]]
+        clock.now += 60
+        await poller.poll_once("github")
+        names = [j["name"] for j in query(db_path, "SELECT name FROM jobs ORDER BY name")]
+        assert names == (["lint", "test (ubuntu-latest)"] if answer >= 500 else [])
+        assert (await poller.poll_once("github")).events == 0
+        assert len(query(db_path, "SELECT * FROM events WHERE kind = 'run'")) == 2
+
+
+@pytest.mark.parametrize("answer", [404, 500])
+async def test_gitlab_failed_pipeline_whose_jobs_cannot_be_read_is_recorded_at_once(aiohttp_server, db_path, answer):
+    from tests.fakes.gitlab_api import FakeGitLab
+
+    clock = Clock(time.time())
+    fake = FakeGitLab(token=GL_TOKEN, clock=clock)
+    server = await aiohttp_server(fake.app)
+    project = "acme/app"
+    fake.add_pipeline(project, ref="main", status="success")
+    failed = fake.add_pipeline(project, ref="main", status="running")
+    fake.add_job(failed["id"], "rspec", status="failed")
+    fake.set_pipeline_status(failed["id"], "failed")
+    fake.jobs_fail[failed["id"]] = answer
+    config = make_config(base_config(db_path, sources={"gitlab": gitlab_source(server, [project], poll_interval=0)}))
+    async with standalone(config, clock, max_retries=0) as poller:
+        cycle = await poller.poll_once("gitlab")
+        assert cycle.errors == []
+        by_id = {r["run_id"]: r for r in runs(db_path)}
+        assert (by_id[str(failed["id"])]["status"], by_id[str(failed["id"])]["transition"]) == ("failed", "broken")
+        del fake.jobs_fail[failed["id"]]
+        clock.now += 60
+        await poller.poll_once("gitlab")
+        names = [j["name"] for j in query(db_path, "SELECT name FROM jobs")]
+        assert names == (["rspec"] if answer >= 500 else [])
+        assert len(query(db_path, "SELECT * FROM events WHERE kind = 'run'")) == 2
+
+
+async def test_a_run_the_store_cannot_hold_does_not_stall_its_repository(start, github, db_path):
+    before = completed(github, "main", "success", created=900)
+    bad = {
+        "head_branch": "main\ud800",  # a lone surrogate: JSON "\ud800"
+        "run_attempt": 2**70,
+        "head_sha": {"sha": "0" * 40},  # an object where text belongs
+    }
+    for field, value in bad.items():
+        run = completed(github, "main", "failure", created=800)
+        run[field] = value
+    after = completed(github, "main", "failure", created=700)
+    daemon = await start({"github": github_source(github.server, [REPO])})
+    await daemon.first_cycle("github")
+    assert daemon.poller.last_cycle("github").errors == []
+    assert {r["run_id"] for r in runs(db_path)} == {str(before["id"]), str(after["id"])}
+    assert daemon.transitions == [(str(after["id"]), "broken")]
+    raw = query(db_path, "SELECT parse_error FROM deliveries WHERE parse_error IS NOT NULL ORDER BY id")
+    assert len(raw) == len(bad)
+    # The cursor moved past the page: the next run is ingested by the next cycle.
+    fixed = completed(github, "main", "success", created=10)
+    cycle = await daemon.poller.poll_once("github")
+    assert cycle.errors == [] and str(fixed["id"]) in {r["run_id"] for r in runs(db_path)}
+    assert daemon.transitions[-1] == (str(fixed["id"]), "fixed")
+
+
+async def test_gitlab_pipeline_has_one_duration_by_webhook_and_by_poll(start, gitlab, db_path):
+    project = "acme/app"
+    gitlab.add_project(project)
+    daemon = await start({"gitlab": gitlab_source(gitlab.server, [project])})
+    await daemon.first_cycle("gitlab")
+    hook = daemon.client.make_url("/hooks/gitlab")
+    told, polled = [gitlab.add_pipeline(project, ref="main", status="pending", created_at=ago(900)) for _ in range(2)]
+    for pipeline in (told, polled):
+        gitlab.set_pipeline_status(pipeline["id"], "running", at=ago(880))
+        gitlab.set_pipeline_status(pipeline["id"], "success", at=ago(580))
+    assert (await gitlab.send_webhook(daemon.client.session, hook, told["id"], GITLAB_TOKEN)).status == 202
+    await daemon.poller.poll_once("gitlab")
+    by_id = {r["run_id"]: r for r in runs(db_path)}
+    for pipeline in (told, polled):
+        run = by_id[str(pipeline["id"])]
+        assert (run["duration_seconds"], run["queue_seconds"]) == (300.0, 20.0)
+    assert len(query(db_path, "SELECT * FROM events WHERE kind = 'run'")) == 2  # one state each
+
+
+async def test_polled_pull_request_runs_leave_the_base_branch_alone(start, github, db_path):
+    completed(github, "main", "success", created=900)
+    pull = github.add_run(REPO, CI, branch="feature/login", event="pull_request", created_at=ago(800))
+    github.set_run_status(pull["id"], "completed", "failure")
+    fork = github.add_run(REPO, CI, branch="main", event="pull_request", created_at=ago(700))
+    fork["head_repository"] = {**fork["head_repository"], "full_name": "someone/octo-repo"}
+    github.set_run_status(fork["id"], "completed", "failure")
+    daemon = await start({"github": github_source(github.server, [REPO])})
+    await daemon.first_cycle("github")
+    state = query(db_path, "SELECT branch, status FROM pipeline_state ORDER BY branch")
+    assert state == [
+        {"branch": "main", "status": "success"},
+        {"branch": f"{REPO}:feature/login", "status": "failed"},
+        {"branch": "someone/octo-repo:main", "status": "failed"},
+    ]
+    by_id = {r["run_id"]: r for r in runs(db_path)}
+    assert (by_id[str(fork["id"])]["branch"], by_id[str(fork["id"])]["head_repo"]) == ("main", "someone/octo-repo")

@@ -1,4 +1,4 @@
-"""Crash and fault tests (issue 7): SIGKILL at random moments, a sink down for a while, a provider
+"""Crash and fault tests: SIGKILL at random moments, a sink down for a while, a provider
 answering 429/5xx for a while. Each asserts what an on-call engineer relies on: nothing acknowledged is
 lost, no notification is made twice, none is lost, and nothing floods anyone."""
 

@@ -1,4 +1,4 @@
-"""The event log: transitions per DESIGN.md, idempotence, group commit, migrations."""
+"""The event log: transitions (docs/architecture.md, "The store"), idempotence, group commit, migrations."""
 
 from __future__ import annotations
 

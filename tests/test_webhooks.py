@@ -1,4 +1,4 @@
-"""POST /hooks/{source}: every status code of DESIGN.md, with the real fixture payloads."""
+"""POST /hooks/{source}: every status code of flowforged/webhooks.py, with the real fixture payloads."""
 
 from __future__ import annotations
 
@@ -6,6 +6,9 @@ import json
 import sqlite3
 import time
 import urllib.parse
+import zlib
+
+import pytest
 
 from flowforged_plugins import gitlab
 from tests.conftest import (
@@ -165,6 +168,9 @@ async def test_gitlab_pipeline_and_job_hooks(daemon, db_path):
         "master",
     )
     assert (run["created_at"], run["finished_at"]) == ("2016-08-12T15:23:28Z", "2016-08-12T15:26:29Z")
+    # No started_at in a Pipeline Hook: GitLab's own duration and queued_duration are the figures.
+    assert (run["started_at"], run["duration_seconds"], run["queue_seconds"]) == (None, 63.0, 12.0)
+    assert (run["pull_request"], run["trigger"]) == (1, "merge_request_event")  # GitLab's example is an MR's
     with sqlite3.connect(db_path) as conn:
         job = conn.execute("SELECT run_id, job_id, name, status, finished_at FROM jobs").fetchone()
     assert job == ("743121198", "3580121225", "auto_deploy:start", "success", "2023-01-10T13:50:54Z")
@@ -275,3 +281,82 @@ def test_github_secret_vector():
         "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17"
     )
     assert GITHUB_SECRET and GITLAB_TOKEN
+
+
+def deliveries(db) -> list[dict]:
+    with sqlite3.connect(db) as conn:
+        conn.row_factory = sqlite3.Row
+        return [dict(r) for r in conn.execute("SELECT id, event, parse_error, body FROM deliveries ORDER BY id")]
+
+
+def with_raw(payload: dict, field: str, raw: str) -> bytes:
+    """The payload as JSON with the workflow run's `field` written as `raw` JSON text (what json.dumps
+    would not write: a lone surrogate escape, an integer beyond 64 bits)."""
+    payload["workflow_run"][field] = "@@RAW@@"
+    return json.dumps(payload).replace('"@@RAW@@"', raw).encode()
+
+
+DEEP = 5000
+UNHOLDABLE = {
+    # what: (field, raw JSON text, the parse error stored)
+    "lone surrogate in the branch": ("head_branch", '"main\\ud800"', "branch: not valid Unicode"),
+    "attempt beyond 64 bits": ("run_attempt", str(2**70), "attempt: 1180591620717411303424 is beyond 64 bits"),
+    "run number beyond 64 bits": ("run_number", str(-(2**64)), "number: -18446744073709551616 is beyond 64 bits"),
+    "an object where the branch belongs": ("head_branch", '{"name": "main"}', "branch: expected str or None, got dict"),
+    "JSON nested thousands of levels": ("head_commit", "[" * DEEP + "]" * DEEP, "nested too deeply"),
+}
+
+
+@pytest.mark.parametrize("what", list(UNHOLDABLE))
+async def test_authentic_payload_the_store_cannot_hold_is_stored_raw_and_acknowledged(daemon, db_path, what):
+    field, raw, error = UNHOLDABLE[what]
+    body = with_raw(github_run("failure"), field, raw)
+    client = await daemon()
+    response = await client.post("/hooks/github", data=body, headers=github_headers(body, delivery="d-bad"))
+    assert response.status == 202
+    assert await response.json() == {"status": "accepted", "delivery": "d-bad", "events": 0}
+    [row] = deliveries(db_path)
+    assert error in row["parse_error"]
+    assert zlib.decompress(row["body"]) == body  # kept as it came, for reindex after a parser fix
+    assert count(db_path, "runs") == 0
+    # The next delivery is stored as usual: nothing was left half done.
+    good = json.dumps(github_run("failure")).encode()
+    assert (await client.post("/hooks/github", data=good, headers=github_headers(good))).status == 202
+    assert count(db_path, "runs") == 1
+
+
+async def test_authentic_body_that_is_not_utf8_is_400(daemon, db_path):
+    client = await daemon()
+    body = json.dumps(github_run("failure")).encode().replace(b'"master"', b'"ma\xffster"')
+    response = await client.post("/hooks/github", data=body, headers=github_headers(body))
+    assert response.status == 400
+    assert (await response.json())["error"]["code"] == "not_json"
+    assert count(db_path, "deliveries") == 0
+
+
+async def test_gitlab_hook_with_an_object_for_its_kind_is_stored_raw(daemon, db_path):
+    client = await daemon()
+    payload = gitlab_pipeline("failed")
+    payload["object_kind"] = {"kind": "pipeline"}
+    headers = {k: v for k, v in gitlab_headers().items() if k != "X-Gitlab-Event"}
+    body = json.dumps(payload).encode()
+    assert (await client.post("/hooks/gitlab", data=body, headers=headers)).status == 202
+    [row] = deliveries(db_path)
+    assert row["event"] == "unknown"
+
+
+async def test_a_merge_request_pipeline_on_master_leaves_masters_state_alone(daemon, db_path):
+    client = await daemon()
+    pushed = json.dumps(gitlab_pipeline("success", pipeline_id=30)).encode()
+    assert (await client.post("/hooks/gitlab", data=pushed, headers=gitlab_headers())).status == 202
+    merge_request = fixture("gitlab/webhooks/pipeline_hook.success.json")  # source merge_request_event, ref master
+    merge_request["object_attributes"].update(status="failed", detailed_status="failed")
+    body = json.dumps(merge_request).encode()
+    assert (await client.post("/hooks/gitlab", data=body, headers=gitlab_headers())).status == 202
+    with sqlite3.connect(db_path) as conn:
+        state = conn.execute("SELECT branch, status FROM pipeline_state ORDER BY branch").fetchall()
+    assert state == [("master", "success"), ("pull/1", "failed")]
+    assert [(r["run_id"], r["branch"], r["pull_request"]) for r in runs(db_path)] == [
+        ("30", "master", None),
+        ("31", "master", 1),
+    ]

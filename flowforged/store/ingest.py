@@ -1,4 +1,4 @@
-"""The ingest transaction's SQL (DESIGN.md, "Ingest, in one SQLite transaction").
+"""The ingest transaction's SQL (docs/architecture.md, "The store").
 
 Runs on the writer thread inside the batch's transaction: store the raw delivery, drop it if the
 provider already sent it, record each new state of a run or job, upsert the run's current state, and
@@ -12,10 +12,11 @@ import dataclasses
 import json
 import sqlite3
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
-from flowforged.model import Event, JobEvent, RunEvent, Status, next_transition, seconds_between
+from flowforged.model import Event, JobEvent, RunEvent, Status, iso, next_transition, seconds_between
 from flowforged.store import totals
 
 _RANK = {Status.PENDING: 0, Status.BLOCKED: 1, Status.RUNNING: 2}
@@ -45,7 +46,7 @@ class IngestResult:
 
 
 # Called inside the transaction for each transition, so that notifications are written atomically
-# with the delivery that caused them (issue 3's outbox).
+# with the delivery that caused them (the outbox).
 TransitionHook = Callable[[sqlite3.Connection, dict[str, Any], bool], None]
 
 
@@ -56,6 +57,20 @@ def run_order(created_at: str | None, run_id: str, attempt: int, number: int | N
     key = str(number) if number is not None else run_id
     padded = key.rjust(20, "0") if key.isdigit() else key
     return f"{created_at or ''}|{padded}|{attempt:05d}"
+
+
+def state_branch(event: RunEvent) -> str:
+    """What a run's status is the state of. A run of a pull request (or of a fork's branch) says
+    nothing about the branches of the repository it would be merged into, even when its head branch
+    is called `main`: it has a state of its own, by its head repository and branch where the provider
+    names them on every run (GitHub: `someone/repo:main`), else by its number (GitLab: `pull/12`)."""
+    if not event.proposed:
+        return event.branch or ""
+    if event.head_repo is not None:
+        return f"{event.head_repo}:{event.branch or ''}"
+    if event.pull_request is not None:
+        return f"pull/{event.pull_request}"
+    return f"pull:{event.branch or ''}"
 
 
 def event_data(event: Event) -> dict[str, Any]:
@@ -187,29 +202,7 @@ def _apply_run(
     ).fetchone()
     if existing is not None and not _newer(event, existing[2], existing[1]):
         return  # an older state arriving late: the run already moved on
-    created = event.created_at or (existing[3] if existing else None)
-    started = event.started_at or (existing[4] if existing else None)
-    values = {
-        "source": event.source,
-        "pipeline": event.pipeline,
-        "run_id": event.run_id,
-        "attempt": event.attempt,
-        "number": event.number,
-        "branch": event.branch,
-        "sha": event.sha,
-        "status": event.status.value,
-        "provider_status": event.provider_status,
-        "url": event.url,
-        "created_at": created,
-        "started_at": started,
-        "finished_at": event.finished_at,
-        "updated_at": event.updated_at,
-        "duration_seconds": seconds_between(started, event.finished_at),
-        "queue_seconds": seconds_between(created, started),
-        "commit_message": event.commit_message,
-        "author": event.author,
-        "trigger": event.trigger,
-    }
+    values = _run_values(event, existing)
     if existing is None:
         columns = ", ".join(values)
         cursor = conn.execute(
@@ -229,10 +222,49 @@ def _apply_run(
     if not event.status.terminal or previous == event.status.value:
         return
     run = {"id": run_row, **values, "default_branch": event.default_branch, "pipeline_name": event.pipeline_name}
+    if event.proposed:
+        # Its state, its totals and its notifications are the pull request's, not the base branch's.
+        run |= {"branch": state_branch(event), "head_branch": event.branch, "proposed": True}
     result.finished.append(run)
     totals.add(conn, run)  # what Metrics.run_finished() will count, for rebuild() at the next start
     if event.status.decisive:
         _decide(conn, run, event, now, result, on_transition, notify)
+
+
+def _run_values(event: RunEvent, existing: Sequence[Any] | None) -> dict[str, Any]:
+    """The columns of `runs` for this state, with what an earlier state told that this one does not."""
+    # A run's creation is the earliest moment anyone told (Jenkins: QUEUED, before STARTED).
+    created = min(filter(None, (event.created_at, existing[3] if existing else None)), default=None)
+    started = event.started_at or (existing[4] if existing else None)
+    finished = event.finished_at
+    if finished is None and event.status.terminal and started and event.duration_seconds is not None:
+        finished = plus_seconds(started, event.duration_seconds)  # the start told earlier, and its duration
+    values = {
+        "source": event.source,
+        "pipeline": event.pipeline,
+        "run_id": event.run_id,
+        "attempt": event.attempt,
+        "number": event.number,
+        "branch": event.branch,
+        "sha": event.sha,
+        "status": event.status.value,
+        "provider_status": event.provider_status,
+        "url": event.url,
+        "created_at": created,
+        "started_at": started,
+        "finished_at": finished,
+        "updated_at": event.updated_at,
+        # The provider's own figures where it gives them (GitLab's duration leaves out the time a
+        # pipeline waited for a runner, and GitLab's hooks carry no started_at).
+        "duration_seconds": _first(event.duration_seconds, seconds_between(started, finished)),
+        "queue_seconds": _first(event.queue_seconds, seconds_between(created, started)),
+        "commit_message": event.commit_message,
+        "author": event.author,
+        "trigger": event.trigger,
+        "pull_request": event.pull_request,
+        "head_repo": event.head_repo,
+    }
+    return values
 
 
 def _decide(
@@ -245,7 +277,7 @@ def _decide(
     notify: bool,
 ) -> None:
     """Compare a decisive run with the previous decisive run of its pipeline+branch."""
-    branch = event.branch or ""
+    branch = state_branch(event)
     order = run_order(run["created_at"], event.run_id, event.attempt, event.number)
     state = conn.execute(
         "SELECT status, run_order, consecutive_failures FROM pipeline_state"
@@ -277,6 +309,14 @@ def _decide(
     result.transitions.append(record)
     if on_transition is not None:
         on_transition(conn, record, notify)
+
+
+def _first(*values: float | None) -> float | None:
+    return next((v for v in values if v is not None), None)
+
+
+def plus_seconds(moment: str, seconds: float) -> str:
+    return iso(datetime.fromisoformat(moment.replace("Z", "+00:00")) + timedelta(seconds=seconds))
 
 
 def _apply_job(conn: sqlite3.Connection, event: JobEvent) -> None:

@@ -142,7 +142,7 @@ def _v1(db: sqlite_utils.Database) -> None:
 
 
 def _v2(db: sqlite_utils.Database) -> None:
-    """Issue 3: the outbox of notifications and the silences."""
+    """The outbox of notifications and the silences."""
     db["outbox"].create(
         {
             "id": int,
@@ -231,7 +231,15 @@ def _v4(db: sqlite_utils.Database) -> None:
         log.info("run totals filled from the stored runs", runs=added)
 
 
-MIGRATIONS = [_v1, _v2, _v3, _v4]
+def _v5(db: sqlite_utils.Database) -> None:
+    """Runs of pull requests: which one (its number), and the repository its commit comes from (a fork)."""
+    have = db["runs"].columns_dict
+    for column, kind in (("pull_request", "INTEGER"), ("head_repo", "TEXT")):
+        if column not in have:  # a store rolled back by hand to an older version may have it already
+            db.execute(f"ALTER TABLE runs ADD COLUMN {column} {kind}")
+
+
+MIGRATIONS = [_v1, _v2, _v3, _v4, _v5]
 
 
 def migrate(conn: sqlite3.Connection) -> int:

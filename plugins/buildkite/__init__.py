@@ -23,7 +23,7 @@ from flowforged.config import SourceConfig
 from flowforged.errors import WebhookRejected
 from flowforged.http import ProviderClient
 from flowforged.model import Event, JobEvent, RunEvent, Status, parse_time
-from flowforged.plugin import Headers, PollContext, Provider
+from flowforged.plugin import Capabilities, Headers, PollContext, Provider
 from flowforged.signatures import check_timestamped, same_secret
 from flowforged_plugins.buildkite import api
 
@@ -190,6 +190,7 @@ class BuildkiteSourceConfig(SourceConfig):
 
 class BuildkiteProvider(Provider):
     type = "buildkite"
+    capabilities = Capabilities(trigger=True, inputs=True, variables=True, rerun=True, rerun_failed=True, cancel=True)
     api = api
     config_model = BuildkiteSourceConfig
     # Never X-Buildkite-Token: it is the secret itself.

@@ -277,10 +277,12 @@ async def rerun(
     the same commit, branch, message and environment; with failed_only, the failed jobs of the same
     build are retried instead (#retry-failed-jobs-for-a-build)."""
     number = build_number(run)
-    action = "retry_failed_jobs" if failed_only else "rebuild"
+    # Rebuild is a PUT, but retry of failed jobs is a POST that answers with the count of jobs queued
+    # again, not a build (buildkite.com/resources/changelog/348-retry-all-failed-jobs-via-api).
+    method, action = ("POST", "retry_failed_jobs") if failed_only else ("PUT", "rebuild")
     url = f"{builds_path(run['pipeline'])}/{number}/{action}"
-    response = await _operate(client, source, "PUT", url, None, "re-run", f"build {number} of {run['pipeline']}")
-    return run_info(response) if response else None
+    response = await _operate(client, source, method, url, None, "re-run", f"build {number} of {run['pipeline']}")
+    return run_info(response) if response and "id" in response else None
 
 
 async def cancel(source: str, client: ProviderClient, run: Mapping[str, Any]) -> dict[str, Any] | None:

@@ -13,8 +13,8 @@ from urllib.parse import parse_qs
 from flowforged.config import SourceConfig
 from flowforged.errors import NotJSON, ProviderError, WebhookRejected
 from flowforged.http import ProviderClient
-from flowforged.model import Event, JobEvent, RunEvent, Status, parse_time
-from flowforged.plugin import Headers, PollContext, Provider, decode_json
+from flowforged.model import PULL_REQUEST_TRIGGERS, Event, JobEvent, RunEvent, Status, parse_time
+from flowforged.plugin import Capabilities, Headers, PollContext, Provider, decode_json
 from flowforged_plugins.github import api
 
 # https://docs.github.com/en/rest/actions/workflow-runs: status and conclusion values.
@@ -57,9 +57,25 @@ def workflow_path(run: dict[str, Any]) -> str:
     return path.split("@", 1)[0] if path else str(run.get("workflow_id"))
 
 
+def proposal(run: dict[str, Any], repo: str | None) -> tuple[int | None, str | None]:
+    """(pull request number, head repository) of a run of a pull request, else (None, None). A run is
+    a pull request's when its `event` says so, or when its commit comes from another repository (a
+    fork). Its `pull_requests` name the pull request, but only those of the same repository (a fork's
+    is empty, https://docs.github.com/en/webhooks/webhook-events-and-payloads#workflow_run) and never
+    in a list polled with exclude_pull_requests: the head repository and branch, which every run
+    carries, are what its state is kept by. A push run lists the open pull requests of its branch
+    too: that does not make it a pull request's."""
+    head = (run.get("head_repository") or {}).get("full_name")
+    if run.get("event") not in PULL_REQUEST_TRIGGERS and not (head and repo and head != repo):
+        return None, None
+    numbers = [p.get("number") for p in run.get("pull_requests") or [] if isinstance(p, dict)]
+    return (numbers[0] if numbers else None), head or repo
+
+
 def normalize_run(source: str, run: dict[str, Any], repository: dict[str, Any] | None = None) -> RunEvent:
     """One workflow run object (webhook `workflow_run` or REST `GET .../actions/runs`) to a RunEvent."""
     repo = (repository or run.get("repository") or {}).get("full_name")
+    pull_request, head_repo = proposal(run, repo)
     status, provider_status = status_of(run.get("status"), run.get("conclusion"))
     # A workflow run has no completed_at: once it is completed, updated_at is when it ended.
     finished = parse_time(run.get("updated_at")) if status.terminal else None
@@ -86,6 +102,8 @@ def normalize_run(source: str, run: dict[str, Any], repository: dict[str, Any] |
         author=(head.get("author") or {}).get("name") or actor.get("login"),
         trigger=run.get("event"),
         number=run.get("run_number"),
+        pull_request=pull_request,
+        head_repo=head_repo,
     )
 
 
@@ -118,6 +136,9 @@ class GitHubSourceConfig(SourceConfig):
 
 class GitHubProvider(Provider):
     type = "github"
+    capabilities = Capabilities(
+        trigger=True, inputs=True, rerun=True, rerun_failed=True, cancel=True, force_cancel=True
+    )
     api = api
     config_model = GitHubSourceConfig
     stored_headers = ("X-GitHub-Event", "X-GitHub-Delivery", "X-GitHub-Hook-ID", "Content-Type", "User-Agent")

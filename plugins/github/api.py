@@ -24,11 +24,13 @@ from urllib.parse import quote
 
 import aiohttp
 
+from flowforged import logs
 from flowforged.errors import ProviderError
 from flowforged.http import EtagStore, ProviderClient, Response
 from flowforged.model import Status
 from flowforged.plugin import PollContext, Provider, operation_error
 
+log = logs.get("flowforged.github")
 DEFAULT_API_URL = "https://api.github.com"
 # https://docs.github.com/en/rest/about-the-rest-api/api-versions and .../media-types
 API_HEADERS = {"Accept": "application/vnd.github+json", "X-GitHub-Api-Version": "2022-11-28"}
@@ -39,6 +41,7 @@ MAX_PAGE = 100  # the largest per_page GitHub accepts
 SLACK = 120.0
 OWNER_REFRESH = 600.0  # seconds between two listings of an organization's repositories
 OPEN = (Status.PENDING, Status.RUNNING, Status.BLOCKED)
+JOB_TRIES = 5  # cycles that try again to read the jobs of a failed run whose jobs endpoint failed
 
 
 # --- pure half ---------------------------------------------------------------------------------
@@ -260,6 +263,7 @@ async def poll_repo(provider: Provider, client: ProviderClient, ctx: PollContext
         floor, etag = (runs[-1]["created_at"] if runs else None), first.headers.get("ETag")
         if runs and epoch(runs[-1]["created_at"]) >= since and "next" in first.links:
             runs += await window(client, path, since)
+    await jobs_later(client, ctx, repo)
     alone, etags = await moved_on(client, ctx, repo, {r["id"] for r in runs}, floor)
     branch = ctx.memory.get("default_branch", {}).get(repo)
     await ingest_runs(provider, client, ctx, repo, runs + alone, since, branch)
@@ -328,7 +332,7 @@ async def ingest_runs(
         if current is not None and known.get(current[:2]) == current[2:]:
             continue  # the store holds this state already (a webhook told it, or an earlier cycle)
         if current is not None and current[2] == Status.FAILED.value:
-            await ingest_jobs(client, ctx, repo, run)  # before the run: a notification names them
+            await failed_jobs(client, ctx, repo, run)  # before the run: a notification names them
         await ctx.emit("workflow_run", run_payload(run, default_branch))
 
 
@@ -340,6 +344,32 @@ def state(provider: Provider, payload: dict[str, Any]) -> tuple[str, int, str, s
     except Exception:
         return None
     return event.run_id, event.attempt, event.status.value, event.updated_at
+
+
+async def failed_jobs(client: ProviderClient, ctx: PollContext, repo: str, run: dict[str, Any]) -> None:
+    """The jobs of a failed run, when they can be read. The run is recorded without them otherwise: a
+    jobs endpoint that fails must not hide the failure itself. After a 5xx the next cycles try again
+    (JOB_TRIES); after a 404 GitHub has no jobs to give."""
+    pending: dict[str, Any] = ctx.memory.setdefault("jobs_later", {})
+    try:
+        await ingest_jobs(client, ctx, repo, run)
+    except ProviderError as exc:
+        tries = pending.get(str(run["id"]), {}).get("tries", 0) + 1
+        retry = exc.status != 404 and tries < JOB_TRIES
+        log.warning("jobs of a failed run not read", source=ctx.source, run=run["id"], error=str(exc), retry=retry)
+        if retry:
+            pending[str(run["id"])] = {"repo": repo, "run": run, "tries": tries}
+        else:
+            pending.pop(str(run["id"]), None)
+    else:
+        pending.pop(str(run["id"]), None)
+
+
+async def jobs_later(client: ProviderClient, ctx: PollContext, repo: str) -> None:
+    """The jobs of this repository's failed runs whose jobs endpoint failed in an earlier cycle."""
+    pending: dict[str, Any] = ctx.memory.get("jobs_later", {})
+    for entry in [e for e in pending.values() if e["repo"] == repo]:
+        await failed_jobs(client, ctx, repo, entry["run"])
 
 
 async def ingest_jobs(client: ProviderClient, ctx: PollContext, repo: str, run: dict[str, Any]) -> None:

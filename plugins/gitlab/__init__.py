@@ -12,6 +12,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import re
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -20,7 +21,7 @@ from flowforged.config import SecretValue, SourceConfig
 from flowforged.errors import WebhookRejected
 from flowforged.http import ProviderClient
 from flowforged.model import Event, JobEvent, RunEvent, Status, parse_time
-from flowforged.plugin import Headers, PollContext, Provider
+from flowforged.plugin import Capabilities, Headers, PollContext, Provider
 from flowforged_plugins.gitlab import api
 
 # https://docs.gitlab.com/ee/api/pipelines.html: pipeline and job status values.
@@ -89,6 +90,28 @@ def _first_line(text: str | None) -> str | None:
     return text.split("\n", 1)[0] if text else None
 
 
+# A merge request pipeline runs on refs/merge-requests/<iid>/head (or /merge, /train for merged
+# results and merge trains): https://docs.gitlab.com/ee/ci/pipelines/merge_request_pipelines.html
+_MR_REF = re.compile(r"refs/merge-requests/(\d+)/(?:head|merge|train)")
+
+
+def merge_request(attrs: dict[str, Any], hook_mr: Any = None) -> int | None:
+    """The iid of the merge request a pipeline runs for: the hook's `merge_request`, or its ref."""
+    if isinstance(hook_mr, dict) and hook_mr.get("iid") is not None:
+        return hook_mr["iid"]
+    match = _MR_REF.fullmatch(attrs.get("ref") or "")
+    return int(match.group(1)) if match else None
+
+
+def seconds(value: Any) -> float | None:
+    """GitLab's `duration` and `queued_duration`: seconds, an integer or a float, or null."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"a duration is a number of seconds, not {type(value).__name__}")
+    return float(value)
+
+
 def normalize_pipeline(source: str, payload: dict[str, Any]) -> RunEvent:
     attrs = payload["object_attributes"]
     project = payload.get("project") or {}
@@ -104,7 +127,10 @@ def normalize_pipeline(source: str, payload: dict[str, Any]) -> RunEvent:
         run_id=str(attrs["id"]),
         attempt=1,
         status=status,
-        provider_status=attrs.get("detailed_status") or attrs.get("status") or "unknown",
+        # `status`, not `detailed_status`: the hook's detailed status is a label ("passed with
+        # warnings") and the API's a text ("warning") for one state; a key made of either would
+        # record it twice.
+        provider_status=attrs.get("status") or "unknown",
         # Pipeline hooks carry no updated_at: the latest moment they name stands in for it.
         updated_at=finished or parse_time(attrs.get("updated_at")) or created or "",
         branch=attrs.get("ref") if not attrs.get("tag") else None,
@@ -119,6 +145,10 @@ def normalize_pipeline(source: str, payload: dict[str, Any]) -> RunEvent:
         author=(commit.get("author") or {}).get("name") or (payload.get("user") or {}).get("name"),
         trigger=attrs.get("source"),
         number=attrs.get("iid"),
+        pull_request=merge_request(attrs, payload.get("merge_request")),
+        # Hooks carry no started_at: GitLab's own figures give the duration and the queue time.
+        duration_seconds=seconds(attrs.get("duration")) if status.terminal else None,
+        queue_seconds=seconds(attrs.get("queued_duration")),
     )
 
 
@@ -152,15 +182,13 @@ def normalize_job(source: str, payload: dict[str, Any]) -> JobEvent:
 def normalize_api_pipeline(source: str, payload: dict[str, Any]) -> RunEvent:
     """A REST pipeline (https://docs.gitlab.com/ee/api/pipelines.html): the list's short form or the
     single pipeline's full one. The key fields are derived as from a Pipeline Hook: updated_at is the
-    finish time of a finished pipeline, provider_status the detailed status text ("passed")."""
+    finish time of a finished pipeline, provider_status its `status`."""
     pipeline = payload["pipeline"]
     project = payload.get("project") or {}
     commit = payload.get("commit") or {}
     status = status_of(pipeline.get("status"))
     finished = parse_time(pipeline.get("finished_at")) if status.terminal else None
     created = parse_time(pipeline.get("created_at"))
-    detailed = pipeline.get("detailed_status")
-    text = detailed.get("text") if isinstance(detailed, dict) else None
     path = project.get("path_with_namespace")
     web_url = project.get("web_url")
     return RunEvent(
@@ -170,8 +198,7 @@ def normalize_api_pipeline(source: str, payload: dict[str, Any]) -> RunEvent:
         run_id=str(pipeline["id"]),
         attempt=1,
         status=status,
-        # Hooks say "passed", the API's detailed status "passed" or, in newer GitLab, "Passed".
-        provider_status=(text or pipeline.get("status") or "unknown").lower(),
+        provider_status=pipeline.get("status") or "unknown",  # as a Pipeline Hook's (see there)
         updated_at=finished or parse_time(pipeline.get("updated_at")) or created or "",
         # The short form has no `tag`: a tag pipeline read only from the list names its tag here.
         branch=pipeline.get("ref") if not pipeline.get("tag") else None,
@@ -186,6 +213,9 @@ def normalize_api_pipeline(source: str, payload: dict[str, Any]) -> RunEvent:
         author=commit.get("author_name") or (pipeline.get("user") or {}).get("name"),
         trigger=pipeline.get("source"),
         number=pipeline.get("iid"),
+        pull_request=merge_request(pipeline),
+        duration_seconds=seconds(pipeline.get("duration")) if status.terminal else None,
+        queue_seconds=seconds(pipeline.get("queued_duration")),
     )
 
 
@@ -217,6 +247,7 @@ def normalize_api_job(source: str, payload: dict[str, Any]) -> JobEvent:
 
 class GitLabProvider(Provider):
     type = "gitlab"
+    capabilities = Capabilities(trigger=True, inputs=True, variables=True, rerun_failed=True, cancel=True)
     api = api
     config_model = GitLabSourceConfig
     stored_headers = (
@@ -265,7 +296,9 @@ class GitLabProvider(Provider):
         if headers.get("X-Gitlab-Event"):
             return headers["X-Gitlab-Event"]
         kind = payload.get("object_kind") if isinstance(payload, dict) else None
-        return {"pipeline": "Pipeline Hook", "build": "Job Hook"}.get(kind or "", kind or "unknown")
+        if not isinstance(kind, str) or not kind:
+            return "unknown"
+        return {"pipeline": "Pipeline Hook", "build": "Job Hook"}.get(kind, kind)
 
     def normalize(self, event: str, payload: Any) -> list[Event]:
         if event == "Pipeline Hook":

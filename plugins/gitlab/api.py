@@ -20,11 +20,13 @@ from urllib.parse import quote, urlsplit
 
 import aiohttp
 
+from flowforged import logs
 from flowforged.errors import ProviderError
 from flowforged.http import EtagStore, ProviderClient
 from flowforged.model import Status
 from flowforged.plugin import PollContext, Provider, operation_error
 
+log = logs.get("flowforged.gitlab")
 DEFAULT_API_URL = "https://gitlab.com/api/v4"
 PIPELINE_EVENT = "api:pipeline"
 JOB_EVENT = "api:job"
@@ -34,6 +36,7 @@ GROUP_REFRESH = 600.0  # seconds between two listings of a group's projects
 # A finished pipeline whose updated_at is this close to the finish the store holds is the same finish
 # (GitLab touches updated_at a moment after finished_at); further apart, it ran again (a retry).
 SAME_FINISH = 30.0
+JOB_TRIES = 5  # cycles that try again to read the jobs of a failed pipeline whose jobs endpoint failed
 PROJECT_FIELDS = ("id", "path_with_namespace", "web_url", "default_branch", "name")
 
 
@@ -179,6 +182,7 @@ async def poll_project(provider: Provider, client: ProviderClient, ctx: PollCont
         "sort": "asc",
         "per_page": PER_PAGE,
     }
+    await jobs_later(client, ctx, path)
     async for page in client.pages(f"/projects/{project_id(path)}/pipelines", params=params):
         pipelines = page.data or []
         known = await ctx.known([(str(p["id"]), 1) for p in pipelines])
@@ -216,16 +220,46 @@ async def ingest_pipeline(
         # https://docs.gitlab.com/ee/api/pipelines.html#get-a-single-pipeline: the full form.
         payload["pipeline"] = (await client.get(base)).data
     if status is Status.FAILED:
-        # https://docs.gitlab.com/ee/api/jobs.html#list-pipeline-jobs: only the failed ones, which is
-        # what a notification names; ingested before the pipeline, so that they are there when it goes.
-        jobs: list[dict[str, Any]] = []
-        async for page in client.pages(f"{base}/jobs", params={"scope[]": "failed", "per_page": PER_PAGE}):
-            jobs += page.data or []
-        for job in jobs:
-            await ctx.emit(JOB_EVENT, {"project": project, "job": job})
+        jobs = await failed_jobs(client, ctx, project, pipeline["id"])
         if jobs and jobs[0].get("commit"):
             payload["commit"] = jobs[0]["commit"]  # the list and the pipeline carry no commit message
     await ctx.emit(PIPELINE_EVENT, payload)
+
+
+async def failed_jobs(
+    client: ProviderClient, ctx: PollContext, project: dict[str, Any], pipeline_id: int
+) -> list[dict[str, Any]]:
+    """The failed jobs of a pipeline, ingested before it so that they are there when it is announced
+    (https://docs.gitlab.com/ee/api/jobs.html#list-pipeline-jobs: scope[] takes only the failed ones,
+    which is what a notification names). A jobs endpoint that fails must not hide the failure: the
+    pipeline is recorded without them, and after a 5xx the next cycles try again (JOB_TRIES)."""
+    pending: dict[str, Any] = ctx.memory.setdefault("jobs_later", {})
+    base = f"/projects/{project_id(project['path_with_namespace'])}/pipelines/{pipeline_id}"
+    jobs: list[dict[str, Any]] = []
+    try:
+        async for page in client.pages(f"{base}/jobs", params={"scope[]": "failed", "per_page": PER_PAGE}):
+            jobs += page.data or []
+    except ProviderError as exc:
+        tries = pending.get(str(pipeline_id), {}).get("tries", 0) + 1
+        retry = exc.status != 404 and tries < JOB_TRIES
+        log.warning("jobs of a failed pipeline not read", source=ctx.source, pipeline=pipeline_id, retry=retry)
+        if retry:
+            pending[str(pipeline_id)] = {"project": project, "tries": tries}
+        else:
+            pending.pop(str(pipeline_id), None)
+        return []
+    pending.pop(str(pipeline_id), None)
+    for job in jobs:
+        await ctx.emit(JOB_EVENT, {"project": project, "job": job})
+    return jobs
+
+
+async def jobs_later(client: ProviderClient, ctx: PollContext, path: str) -> None:
+    """The failed jobs of this project's pipelines whose jobs endpoint failed in an earlier cycle."""
+    pending: dict[str, Any] = ctx.memory.get("jobs_later", {})
+    for pipeline_id, entry in list(pending.items()):
+        if entry["project"]["path_with_namespace"] == path:
+            await failed_jobs(client, ctx, entry["project"], int(pipeline_id))
 
 
 # --- operations ----------------------------------------------------------------------------------

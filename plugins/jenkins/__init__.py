@@ -35,7 +35,7 @@ from flowforged.config import SourceConfig
 from flowforged.errors import WebhookRejected
 from flowforged.http import EtagStore, ProviderClient
 from flowforged.model import Event, RunEvent, Status, parse_time
-from flowforged.plugin import Headers, PollContext, Provider
+from flowforged.plugin import Capabilities, Headers, PollContext, Provider
 from flowforged.signatures import check_timestamped, same_secret
 from flowforged_plugins.jenkins import api
 
@@ -106,12 +106,15 @@ def branch_name(value: str | None) -> str | None:
 
 
 def _millis(value: Any) -> float | None:
-    """A Jenkins time in epoch milliseconds: a number, or the plugin's older text form."""
-    if value is None or value == "":
+    """A Jenkins time in epoch milliseconds: a number, or the plugin's older text form. 0 is no time:
+    the plugin sends it for QUEUED when the build had no executor to ask."""
+    if value is None or value == "" or value == 0:
         return None
-    if isinstance(value, int | float):
+    if isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
-    text = str(value).strip().replace("Z", "+00:00")
+    if not isinstance(value, str):
+        raise ValueError(f"a Jenkins time is epoch milliseconds, not {type(value).__name__}")
+    text = value.strip().replace("Z", "+00:00")
     moment = datetime.fromisoformat(text)
     return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp() * 1000
 
@@ -121,22 +124,28 @@ def _time(ms: float | None) -> str | None:
 
 
 def normalize_notification(source: str, payload: Mapping[str, Any]) -> list[Event]:
-    """A Notification plugin delivery. Its `timestamp` is the moment of its phase: QUEUED when the
-    build entered the queue, STARTED the build's start, COMPLETED its end (start + duration),
-    FINALIZED when its logs and artifacts were done with (later than its end)."""
+    """A Notification plugin delivery. Its `timestamp` is the moment of its phase
+    (https://github.com/jenkinsci/notification-plugin, JobListener): QUEUED when the build entered
+    the queue (now less the time it spent there), STARTED the build's start, COMPLETED its end (start
+    + duration), FINALIZED the moment its logs and artifacts were done with: later than its end, so
+    FINALIZED names no finish of its own. Its duration gives one from a start told before; a delivery
+    without a timestamp is dated when it was received (by the ingest)."""
     build = payload["build"]
     phase = build.get("phase")
     job = full_name(payload.get("url") or "") if payload.get("url") else payload["name"]
     at = _millis(build.get("timestamp"))
     duration = build.get("duration") or 0
+    created = started = finished = None
+    took = None
     if phase == QUEUED:
-        status, provider_status, started, finished = Status.PENDING, QUEUED, None, None
+        status, provider_status, created = Status.PENDING, QUEUED, at
     elif phase == STARTED:
-        status, provider_status, started, finished = Status.RUNNING, STARTED, at, None
+        status, provider_status, started = Status.RUNNING, STARTED, at
     elif phase in (COMPLETED, FINALIZED):
         status, provider_status = result_status(build.get("status")), build.get("status") or "unknown"
-        started = at - duration if at is not None and phase == COMPLETED else None
-        finished = at
+        took = duration / 1000
+        if phase == COMPLETED and at is not None:
+            started, finished = at - duration, at
     else:
         return []  # NONE: a manual notifyEndpoints step, which says nothing about the build
     scm = build.get("scm") or {}
@@ -155,11 +164,12 @@ def normalize_notification(source: str, payload: Mapping[str, Any]) -> list[Even
             branch=branch_name(scm.get("branch")) or _parameter_branch(parameters),
             sha=scm.get("commit"),
             url=build.get("full_url"),
-            created_at=_time(at if phase == QUEUED else started),
+            created_at=_time(created if created is not None else started),
             started_at=_time(started),
             finished_at=_time(finished) if status.terminal else None,
             author=culprits[0] if culprits else None,
             number=int(build["number"]),
+            duration_seconds=took if status.terminal else None,
         )
     ]
 
@@ -249,6 +259,7 @@ class JenkinsSourceConfig(SourceConfig):
 
 class JenkinsProvider(Provider):
     type = "jenkins"
+    capabilities = Capabilities(trigger=True, inputs=True, rerun=True, cancel=True, force_cancel=True)
     api = api
     config_model = JenkinsSourceConfig
     # Never Authorization or X-FlowForge-Token: they carry the secret.

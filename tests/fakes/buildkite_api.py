@@ -298,7 +298,7 @@ class FakeBuildkite(FakeProviderAPI):
         router.add_get(builds + "/{number:\\d+}", self.get_build)
         router.add_put(builds + "/{number:\\d+}/rebuild", self.rebuild)
         router.add_put(builds + "/{number:\\d+}/cancel", self.cancel)
-        router.add_put(builds + "/{number:\\d+}/retry_failed_jobs", self.retry_failed_jobs)
+        router.add_post(builds + "/{number:\\d+}/retry_failed_jobs", self.retry_failed_jobs)
 
     def _key(self, request: web.Request) -> str:
         return f"{request.match_info['org']}/{request.match_info['pipeline']}"
@@ -405,7 +405,8 @@ class FakeBuildkite(FakeProviderAPI):
         return self.body(request, self.served(build))
 
     async def retry_failed_jobs(self, request: web.Request) -> web.Response:
-        # #retry-failed-jobs-for-a-build: each failed job runs again (a new job), the build runs again.
+        # POST (the changelog of 348-retry-all-failed-jobs-via-api): each failed job runs again (a new job),
+        # the build runs again.
         build = self._build(request)
         if build is None:
             return self.error(404, "No build found")

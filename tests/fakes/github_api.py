@@ -310,6 +310,9 @@ class FakeGitHub(FakeProviderAPI):
         self.runs: dict[int, dict[str, Any]] = {}
         self._repo_runs: dict[str, list[int]] = collections.defaultdict(list)  # a bench has 1000 repos
         self.jobs: dict[int, list[dict[str, Any]]] = {}  # run id -> jobs of every attempt
+        # run id -> the status its jobs endpoint answers instead (404 for jobs GitHub no longer has,
+        # 5xx for an outage of that endpoint alone)
+        self.jobs_fail: dict[int, int] = {}
         self.dispatches: list[dict[str, Any]] = []
         # GitHub.com answers a dispatch with return_run_details 200 and the run; an older GitHub
         # Enterprise Server ignores the parameter and answers 204.
@@ -591,6 +594,9 @@ class FakeGitHub(FakeProviderAPI):
         run = self._run(request)
         if run is None:
             return self.error(404, "Not Found")
+        if run["id"] in self.jobs_fail:
+            status = self.jobs_fail[run["id"]]
+            return self.error(status, "Not Found" if status == 404 else "Server Error")
         jobs = self.jobs[run["id"]]
         if "attempt" in request.match_info:
             attempt = int(request.match_info["attempt"])

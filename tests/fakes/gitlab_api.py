@@ -88,6 +88,7 @@ class FakeGitLab(FakeProviderAPI):
         self.projects: dict[int, dict[str, Any]] = {}
         self.pipelines: dict[int, dict[str, Any]] = {}
         self.jobs: dict[int, list[dict[str, Any]]] = {}  # pipeline id -> jobs, retried ones included
+        self.jobs_fail: dict[int, int] = {}  # pipeline id -> the status its jobs endpoint answers instead
         self.triggered: list[dict[str, Any]] = []  # bodies of POST .../pipeline
         self._ids = iter(range(1000, 10**12))
 
@@ -382,6 +383,9 @@ class FakeGitLab(FakeProviderAPI):
         pipeline = self._pipeline(request)
         if pipeline is None:
             return self.error(404, "404 Not found")
+        if pipeline["id"] in self.jobs_fail:
+            status = self.jobs_fail[pipeline["id"]]
+            return self.error(status, "404 Not found" if status == 404 else "500 Internal Server Error")
         jobs = self.jobs[pipeline["id"]]
         if request.query.get("include_retried") != "true":
             jobs = [j for j in jobs if not j["retried"]]
@@ -472,7 +476,8 @@ class FakeGitLab(FakeProviderAPI):
                 "before_sha": p["before_sha"],
                 "source": p["source"],
                 "status": p["status"],
-                "detailed_status": p["detailed_status"]["text"],
+                # Hooks send the detailed status' label; the API its text, label and group.
+                "detailed_status": p["detailed_status"]["label"],
                 "stages": list(dict.fromkeys(j["stage"] for j in jobs)),
                 "created_at": hook_time(p["created_at"]),
                 "finished_at": hook_time(p["finished_at"]),

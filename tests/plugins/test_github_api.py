@@ -190,3 +190,24 @@ async def test_cancel_errors_are_409_404_403_in_words_for_people(gh: FakeGitHub)
     assert caught.value.status == 403
     assert "may not cancel" in str(caught.value) and "Actions read and write" in str(caught.value)
     assert TOKEN not in str(caught.value)
+
+
+def test_runs_of_pull_requests_are_told_apart_from_pushes() -> None:
+    from flowforged.store.ingest import state_branch
+    from flowforged_plugins.github import normalize_run
+    from tests.conftest import fixture
+
+    example = fixture("github/webhooks/workflow_run.completed.with-pull-requests.json")
+    run, repository = example["workflow_run"], example["repository"]
+    # GitHub lists the open pull requests of a pushed branch too: a push run stays a push run.
+    pushed = normalize_run("github", run, repository)
+    assert (pushed.proposed, pushed.pull_request, state_branch(pushed)) == (False, None, "master")
+    same_repo = normalize_run("github", {**run, "event": "pull_request"}, repository)
+    assert (same_repo.pull_request, same_repo.head_repo) == (2, "octo-org/octo-repo")
+    assert state_branch(same_repo) == "octo-org/octo-repo:master"
+    fork_head = {**run["head_repository"], "full_name": "someone/octo-repo"}
+    fork = normalize_run("github", {**run, "event": "pull_request", "pull_requests": [], "head_repository": fork_head})
+    assert (fork.proposed, fork.pull_request, state_branch(fork)) == (True, None, "someone/octo-repo:master")
+    # A fork's run is a pull request's whatever its event says (pull_request_target, a re-run, ...).
+    odd = normalize_run("github", {**run, "event": "workflow_dispatch", "head_repository": fork_head}, repository)
+    assert odd.proposed and state_branch(odd) == "someone/octo-repo:master"

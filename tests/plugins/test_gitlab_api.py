@@ -98,8 +98,56 @@ def test_the_short_form_and_newer_gitlabs_capitalized_status() -> None:
     full["detailed_status"]["text"] = "Passed"
     commit = {"title": "Fix the flaky test", "author_name": "Ada"}
     done = normalize_api_pipeline("gitlab", {"project": project, "pipeline": full, "commit": commit})
-    assert (done.provider_status, done.commit_message, done.author) == ("passed", "Fix the flaky test", "Ada")
+    assert (done.provider_status, done.commit_message, done.author) == ("success", "Fix the flaky test", "Ada")
     assert done.updated_at == parse_time(full["finished_at"])
+
+
+def test_hook_label_and_api_text_of_one_state_have_one_key() -> None:
+    """GitLab's hook sends the detailed status' label, the API its text: for a pipeline that passed
+    with allowed failures, "passed with warnings" and "warning". One state, one key."""
+    fake = FakeGitLab()
+    pipeline = fake.add_pipeline(PROJECT, status="running")
+    fake.set_pipeline_status(pipeline["id"], "success")
+    pipeline["detailed_status"].update(text="Warning", label="passed with warnings", group="success-with-warnings")
+    project = api.project_info(fake.find_project(PROJECT))
+    [hooked] = provider().normalize("Pipeline Hook", fake.webhook_payload(pipeline["id"]))
+    [polled] = provider().normalize(api.PIPELINE_EVENT, {"project": project, "pipeline": fake.served(pipeline)})
+    assert fake.webhook_payload(pipeline["id"])["object_attributes"]["detailed_status"] == "passed with warnings"
+    assert event_key(hooked) == event_key(polled)
+
+
+def test_a_pipeline_hook_carries_its_duration_and_queue_time() -> None:
+    """A Pipeline Hook has no started_at: GitLab's own duration and queued_duration are the figures."""
+    [event] = provider().normalize("Pipeline Hook", fixture("gitlab/webhooks/pipeline_hook.success.json"))
+    assert (event.started_at, event.duration_seconds, event.queue_seconds) == (None, 63.0, 12.0)
+    fake = FakeGitLab()
+    pipeline = fake.add_pipeline(PROJECT, status="pending", created_at="2026-11-27T09:00:00.000Z")
+    fake.set_pipeline_status(pipeline["id"], "running", at="2026-11-27T09:00:20.000Z")
+    fake.set_pipeline_status(pipeline["id"], "failed", at="2026-11-27T09:05:20.000Z")
+    project = api.project_info(fake.find_project(PROJECT))
+    [hooked] = provider().normalize("Pipeline Hook", fake.webhook_payload(pipeline["id"]))
+    [polled] = provider().normalize(api.PIPELINE_EVENT, {"project": project, "pipeline": fake.served(pipeline)})
+    assert (hooked.duration_seconds, hooked.queue_seconds) == (polled.duration_seconds, polled.queue_seconds)
+    assert (polled.duration_seconds, polled.queue_seconds) == (300.0, 20.0)
+
+
+def test_merge_request_pipelines_name_their_merge_request() -> None:
+    hook = fixture("gitlab/webhooks/pipeline_hook.success.json")  # GitLab's example is one, on master
+    [event] = provider().normalize("Pipeline Hook", hook)
+    assert (event.branch, event.trigger, event.pull_request, event.proposed) == (
+        "master",
+        "merge_request_event",
+        1,
+        True,
+    )
+    fake = FakeGitLab()
+    pipeline = fake.add_pipeline(PROJECT, ref="refs/merge-requests/7/head", source="merge_request_event")
+    project = api.project_info(fake.find_project(PROJECT))
+    [polled] = provider().normalize(api.PIPELINE_EVENT, {"project": project, "pipeline": fake.served(pipeline)})
+    assert (polled.pull_request, polled.proposed) == (7, True)
+    pushed = fake.add_pipeline(PROJECT, ref="main")
+    [push] = provider().normalize(api.PIPELINE_EVENT, {"project": project, "pipeline": fake.served(pushed)})
+    assert (push.pull_request, push.proposed) == (None, False)
 
 
 def test_which_listed_pipelines_need_ingest() -> None:
