@@ -1,11 +1,11 @@
-"""The control API, `/api/v1` (DESIGN.md, "Interfaces users see"), described by the OpenAPI 3.1
+"""The control API, `/api/v1` (docs/architecture.md), described by the OpenAPI 3.1
 document at `GET /api/v1/openapi.json`.
 
 Every request needs `Authorization: Bearer <api.token>` except the document itself, which holds no
 data. Without `api.token` in the config the API answers 503 `api_disabled` (the daemon still takes
 webhooks and serves metrics). Every error is `{"error": {"code", "message"}}`.
 
-Lists are newest first (pipelines: oldest first) and paged by an opaque `cursor`: pass a response's
+Lists are newest first (pipelines: oldest first) and paged by a `cursor`: pass a response's
 `next_cursor` to get the next page; it is null on the last one.
 """
 

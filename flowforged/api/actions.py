@@ -10,89 +10,93 @@ from typing import Any
 from aiohttp import web
 
 from flowforged import config
+from flowforged.api import bodies, schemas
 from flowforged.api.base import (
     Conflict,
     NotFound,
     Query,
+    Unprocessable,
+    answer,
     bad_body,
-    body_bool,
-    body_globs,
-    body_str,
     context,
     json_body,
     log,
     page,
     path_id,
-    timestamp,
 )
-from flowforged.api.reads import cursor_id, find_pipeline, find_run
+from flowforged.api.reads import capabilities, cursor_id, find_pipeline, find_run
+from flowforged.api.times import timestamp
 from flowforged.store import api as sql
 from flowforged.store import outbox
 
-LATEST = 253402300799.0  # 9999-12-31T23:59:59Z: the last time ISO 8601 (and gmtime) can show
+LATEST = 253402300799.0  # 9999-12-31T23:59:59Z: the last time RFC 3339 (and gmtime) can show
 
 # --- provider operations --------------------------------------------------------------------------
 # Whether a run can be re-run or cancelled is the provider's to say (our copy of its state may lag):
 # its refusal comes back as a ProviderError, 409 for a finished run, 403 for a token without the right.
+# Whether the provider has an option at all is known here: one it has not is refused before asking.
 
 
-def _configured(request: web.Request, source: str) -> None:
-    if source not in context(request).config.source_configs:
+def _honoured(request: web.Request, source: str, action: str, options: dict[str, Any]) -> None:
+    """Conflict if the source is gone; Unprocessable naming the option its provider cannot honour."""
+    configured = context(request).config.source_configs.get(source)
+    if configured is None:
         raise Conflict(f"source {source} is no longer configured", code="unknown_source")
+    refusal = capabilities(configured.type).refusal(configured.type, action, options)
+    if refusal is not None:
+        option, reason = refusal
+        raise Unprocessable(f"{option}: {reason} (source {source})")
 
 
-async def _run_action(request: web.Request, action: str, flag: str) -> web.Response:
-    """Re-run or cancel one run: the two differ only in the operation and its one boolean."""
+async def rerun(request: web.Request) -> web.Response:
     Query(request)
-    value = body_bool(await json_body(request, flag), flag)
+    failed_only = (await json_body(request, bodies.RerunRequest)).failed_only
+    return await _run_action(request, "rerun", failed_only=failed_only)
+
+
+async def cancel(request: web.Request) -> web.Response:
+    Query(request)
+    force = (await json_body(request, bodies.CancelRequest)).force
+    return await _run_action(request, "cancel", force=force)
+
+
+async def _run_action(request: web.Request, action: str, **options: Any) -> web.Response:
+    """Re-run or cancel one run: the two differ only in the operation and its one option."""
     run = await find_run(request)
-    _configured(request, run["source"])
+    _honoured(request, run["source"], action, options)
     log.info(
         f"api: {action} requested",
         run=run["id"],
         source=run["source"],
         pipeline=run["pipeline"],
         remote=request.remote,
-        **{flag: value},
+        **options,
     )
-    await getattr(context(request).operations, action)(run, value)
-    return web.json_response({"status": "accepted", "action": action, "run": run}, status=202)
-
-
-async def rerun(request: web.Request) -> web.Response:
-    return await _run_action(request, "rerun", "failed_only")
-
-
-async def cancel(request: web.Request) -> web.Response:
-    return await _run_action(request, "cancel", "force")
+    await getattr(context(request).operations, action)(run, *options.values())
+    return answer(schemas.Accepted, {"status": "accepted", "action": action, "run": run}, status=202)
 
 
 async def trigger(request: web.Request) -> web.Response:
     Query(request)
-    body = await json_body(request, "ref", "inputs")
-    ref = body_str(body, "ref", required=True)
-    inputs = body.get("inputs", {})
-    if not isinstance(inputs, dict) or not all(isinstance(v, str | int | float | bool) for v in inputs.values()):
-        raise bad_body("inputs", "expected an object of names to strings, numbers or booleans")
+    body = await json_body(request, bodies.TriggerRequest)
     pipeline = await find_pipeline(request)
-    _configured(request, pipeline["source"])
+    _honoured(request, pipeline["source"], "trigger", {"inputs": body.inputs, "variables": body.variables})
     log.info(
         "api: trigger requested",
         source=pipeline["source"],
         pipeline=pipeline["pipeline"],
-        ref=ref,
-        inputs=sorted(inputs),
+        ref=body.ref,
+        inputs=sorted(body.inputs),
+        variables=sorted(body.variables),
         remote=request.remote,
     )
-    run = await context(request).operations.trigger(pipeline["source"], pipeline["pipeline"], ref, inputs)
-    return web.json_response({"status": "accepted", "action": "trigger", "run": run}, status=202)
+    run = await context(request).operations.trigger(
+        pipeline["source"], pipeline["pipeline"], body.ref, body.inputs, body.variables
+    )
+    return answer(schemas.TriggerAccepted, {"status": "accepted", "action": "trigger", "run": run}, status=202)
 
 
 # --- notifications --------------------------------------------------------------------------------
-
-
-def notification_dict(row: dict[str, Any]) -> dict[str, Any]:
-    return {**row, **{key: timestamp(row[key]) for key in ("created_at", "due_at", "sent_at")}}
 
 
 async def notifications(request: web.Request) -> web.Response:
@@ -103,13 +107,13 @@ async def notifications(request: web.Request) -> web.Response:
         lambda conn: outbox.notifications(conn, state=state, before=before, limit=limit + 1)
     )
     items, cursor = page(rows, limit, "notifications")
-    return web.json_response({"notifications": [notification_dict(r) for r in items], "next_cursor": cursor})
+    return answer(schemas.NotificationPage, {"notifications": items, "next_cursor": cursor})
 
 
 async def retry(request: web.Request) -> web.Response:
     """Send a dead (or suppressed, or still pending) notification again, now."""
     Query(request)
-    await json_body(request)
+    await json_body(request, bodies.EmptyRequest)
     notification_id = path_id(request)
     ctx = context(request)
     row = await ctx.store.read(sql.notification, notification_id)
@@ -124,14 +128,10 @@ async def retry(request: web.Request) -> web.Response:
     ctx.wake_dispatcher()
     log.info("api: notification retry requested", notification=notification_id, remote=request.remote)
     row = await ctx.store.read(sql.notification, notification_id)
-    return web.json_response({"notification": notification_dict(row)}, status=202)
+    return answer(schemas.OneNotification, {"notification": row}, status=202)
 
 
 # --- silences -------------------------------------------------------------------------------------
-
-
-def silence_dict(row: dict[str, Any]) -> dict[str, Any]:
-    return {**row, **{key: timestamp(row[key]) for key in ("until", "created_at", "expired_at")}}
 
 
 async def silences(request: web.Request) -> web.Response:
@@ -139,49 +139,46 @@ async def silences(request: web.Request) -> web.Response:
     query = Query(request, "all")
     everything = query.boolean("all")
     rows = await context(request).store.read(outbox.silences, time.time(), everything)
-    return web.json_response({"silences": [silence_dict(r) for r in rows]})
+    return answer(schemas.SilenceList, {"silences": rows})
 
 
 def _until(value: str, now: float) -> float:
-    """A duration from now (`2h`, `1d`) or an ISO 8601 time, as `flowforged silence add --until` takes."""
+    """A duration from now (`2h`, `1d`) or an RFC 3339 time (the model checked which), in the future."""
     try:
         until = now + float(config.parse_duration(value))
     except ValueError:
         try:
-            moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError:
-            raise bad_body("until", f"{value!r}: expected a duration (2h, 3d) or an ISO 8601 time") from None
-        if moment.tzinfo is None:
-            raise bad_body("until", f"{value!r}: an ISO 8601 time needs its offset (Z or +hh:mm)") from None
-        until = moment.timestamp()
+            until = datetime.fromisoformat(value.upper()).timestamp()
+        except (ValueError, OverflowError):
+            raise bad_body("until", f"{value!r} is not a time (a day that does not exist?)") from None
     if until <= now:
-        raise bad_body("until", f"{value!r} is not in the future")
+        raise Unprocessable(f"until: {value!r} is not in the future", code="invalid_body")
     if until >= LATEST:
-        raise bad_body("until", f"{value!r} is too far in the future")
+        raise Unprocessable(f"until: {value!r} is too far in the future", code="invalid_body")
     return until
 
 
 async def add_silence(request: web.Request) -> web.Response:
     Query(request)
-    body = await json_body(request, "sources", "pipelines", "branches", "until", "comment")
+    body = await json_body(request, bodies.SilenceRequest)
     now = time.time()
-    until = _until(body_str(body, "until", "2h", required=True), now)
-    patterns = {name: body_globs(body, name) for name in ("sources", "pipelines", "branches")}
-    comment = body_str(body, "comment", "")
+    until = _until(body.until, now)
+    patterns = {"sources": body.sources, "pipelines": body.pipelines, "branches": body.branches}
+    comment = body.comment
     store = context(request).store
     silence_id = await store.write(
         outbox.add_silence, patterns["sources"], patterns["pipelines"], patterns["branches"], until, comment, now
     )
     log.info("api: silence added", silence=silence_id, until=timestamp(until), remote=request.remote, **patterns)
     row = await store.read(sql.silence, silence_id, now)
-    return web.json_response(
-        {"silence": silence_dict(row)}, status=201, headers={"Location": f"/api/v1/silences/{silence_id}"}
+    return answer(
+        schemas.OneSilence, {"silence": row}, status=201, headers={"Location": f"/api/v1/silences/{silence_id}"}
     )
 
 
 async def silence(request: web.Request) -> web.Response:
     Query(request)
-    return web.json_response({"silence": silence_dict(await _find_silence(request))})
+    return answer(schemas.OneSilence, {"silence": await _find_silence(request)})
 
 
 async def _find_silence(request: web.Request) -> dict[str, Any]:
@@ -195,10 +192,10 @@ async def _find_silence(request: web.Request) -> dict[str, Any]:
 async def expire_silence(request: web.Request) -> web.Response:
     """Ends a silence now. Expiring one that has already ended changes nothing and answers the same."""
     Query(request)
-    await json_body(request)
+    await json_body(request, bodies.EmptyRequest)
     row = await _find_silence(request)
     if row["expired_at"] is None:
         await context(request).store.write(outbox.expire_silence, row["id"], time.time())
         log.info("api: silence expired", silence=row["id"], remote=request.remote)
         row = await _find_silence(request)
-    return web.json_response({"silence": silence_dict(row)})
+    return answer(schemas.OneSilence, {"silence": row})

@@ -1,23 +1,27 @@
 """What every `/api/v1` handler shares: the Operations seam, the error hierarchy, the middleware that
-authenticates and turns every failure into `{"error": {"code", "message"}}`, and query/body parsing.
+authenticates and turns every failure into `{"error": {"code", "message"}}`, query and body parsing,
+and answers serialized through their models (flowforged.api.schemas).
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import dataclasses
 import hmac
 import json
-import time
-from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, Protocol
+import math
+import re
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any, Protocol, TypeVar
 
+import pydantic
 from aiohttp import web
 
 from flowforged import logs
-from flowforged.bus import Bus
+from flowforged.api.auth import FailedTokens
+from flowforged.api.bodies import Request
+from flowforged.api.schemas import Response
+from flowforged.bus import Bus, Message
 from flowforged.config import Config
 from flowforged.errors import FlowForgeError, ProviderError, RateLimited, StoreUnavailable
 from flowforged.store import Store
@@ -27,6 +31,8 @@ PREFIX = "/api/v1"
 OPENAPI_PATH = f"{PREFIX}/openapi.json"  # served without a token: it describes the API, holds no data
 MAX_LIMIT = 500
 DEFAULT_LIMIT = 50
+MAX_ID = 2**63 - 1  # SQLite's largest integer: a larger id, cursor or `after` names nothing
+CHALLENGE = 'Bearer realm="flowforged"'
 
 
 class Operations(Protocol):
@@ -36,11 +42,13 @@ class Operations(Protocol):
     RateLimited (503 with Retry-After).
     """
 
-    async def trigger(self, source: str, pipeline: str, ref: str, inputs: dict[str, Any]) -> dict[str, Any] | None:
+    async def trigger(
+        self, source: str, pipeline: str, ref: str, inputs: Mapping[str, Any], variables: Mapping[str, str]
+    ) -> dict[str, Any] | None:
         """Start a run; return it (run-object field names, any subset) if the provider tells which it is."""
         ...
 
-    async def rerun(self, run: dict[str, Any], failed_only: bool) -> object:
+    async def rerun(self, run: dict[str, Any], failed_only: bool | None) -> object:
         """Re-run a run (a run object); what it returns is not used."""
         ...
 
@@ -62,7 +70,8 @@ class Context:
     operations: Operations
     wake_dispatcher: Callable[[], None]
     keepalive: float
-    streams: set[asyncio.Queue[dict[str, Any]]] = dataclasses.field(default_factory=set)  # open SSE
+    streams: set[asyncio.Queue[Message]] = dataclasses.field(default_factory=set)  # open SSE
+    failed_tokens: FailedTokens = dataclasses.field(default_factory=FailedTokens)
 
 
 CONTEXT = web.AppKey("api", Context)
@@ -104,6 +113,17 @@ class NotFound(ApiError):
 
 class Conflict(ApiError):
     status, code = 409, "conflict"
+
+
+class Unprocessable(ApiError):
+    """A request its schema allows but that cannot be done: an option the source's provider does not
+    have, a silence that would end in the past."""
+
+    status, code = 422, "not_supported"
+
+
+class TooManyRequests(ApiError):
+    status, code = 429, "too_many_requests"
 
 
 class Unavailable(ApiError):
@@ -164,20 +184,35 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
 
 
 def authenticate(request: web.Request) -> None:
-    secret = context(request).config.api.token
-    if secret is None:
+    ctx = context(request)
+    if ctx.config.api.token is None:
         # A daemon may run for webhooks and metrics only: the API stays off until a token is set.
         raise Unavailable("set api.token in the config", code="api_disabled")
+    address = request.remote or "unknown"
+    wait = ctx.failed_tokens.retry_after(address)
+    if wait is not None:  # refused before comparing: a guesser learns nothing more for a while
+        raise TooManyRequests(
+            "too many requests with a wrong bearer token from this address; retry later",
+            headers={"Retry-After": str(max(math.ceil(wait), 1))},
+        )
     scheme, _, given = request.headers.get("Authorization", "").strip().partition(" ")
-    challenge = 'Bearer realm="flowforged"'
     if scheme.lower() != "bearer" or not given.strip():
         raise Unauthorized(
-            "an Authorization: Bearer <token> header is required", headers={"WWW-Authenticate": challenge}
+            "an Authorization: Bearer <token> header is required", headers={"WWW-Authenticate": CHALLENGE}
         )
-    if not hmac.compare_digest(given.strip().encode(), secret.get().encode()):
-        log.warning("api request with a wrong token", path=request.path, remote=request.remote)
+    if not hmac.compare_digest(given.strip().encode(), ctx.config.api.token.get().encode()):
+        previous = ctx.failed_tokens.failed(address)
+        if previous is not None:
+            log.warning(
+                "api request with a wrong bearer token; more from this address are not logged until the burst ends",
+                remote=address,
+                path=request.path,
+                limit=ctx.failed_tokens.limit,
+                window_seconds=ctx.failed_tokens.window,
+                previous_burst_failures=previous,
+            )
         raise Unauthorized(
-            "the bearer token is not valid", headers={"WWW-Authenticate": f'{challenge}, error="invalid_token"'}
+            "the bearer token is not valid", headers={"WWW-Authenticate": f'{CHALLENGE}, error="invalid_token"'}
         )
 
 
@@ -198,7 +233,7 @@ class Query:
         values = self._query.getall(name, [])
         if len(values) > 1:
             raise bad_parameter(name, "given more than once")
-        return values[0] if values and values[0] != "" else None
+        return values[0] if values else None
 
     def choice(self, name: str, choices: Iterable[str]) -> str | None:
         value = self.text(name)
@@ -207,19 +242,9 @@ class Query:
             raise bad_parameter(name, f"{value!r} is not one of {', '.join(choices)}")
         return value
 
-    def integer(self, name: str, *, minimum: int = 0, maximum: int | None = None) -> int | None:
+    def integer(self, name: str, *, minimum: int = 0, maximum: int = MAX_ID) -> int | None:
         value = self.text(name)
-        if value is None:
-            return None
-        top = f" to {maximum}" if maximum is not None else " or more"
-        if (
-            not value.isascii()
-            or not value.isdigit()
-            or int(value) < minimum
-            or (maximum is not None and int(value) > maximum)
-        ):
-            raise bad_parameter(name, f"expected an integer from {minimum}{top}, got {value!r}")
-        return int(value)
+        return None if value is None else bounded_integer(name, value, minimum, maximum)
 
     def boolean(self, name: str) -> bool:
         value = self.choice(name, ("true", "false"))
@@ -236,27 +261,33 @@ class Query:
 
 
 def path_id(request: web.Request, name: str = "id") -> int:
-    value = request.match_info[name]
-    if not value.isascii() or not value.isdigit():
-        raise bad_parameter(name, f"expected an integer id, got {value!r}")
+    return bounded_integer(name, request.match_info[name], 0, MAX_ID)
+
+
+def bounded_integer(name: str, value: str, minimum: int, maximum: int) -> int:
+    # Length first: int() refuses more than 4300 digits (ValueError), and no id has more than 19.
+    if not value.isascii() or not value.isdigit() or len(value) > 19 or not minimum <= int(value) <= maximum:
+        raise bad_parameter(name, f"expected an integer from {minimum} to {maximum}, got {value[:40]!r}")
     return int(value)
 
 
-# --- cursors: opaque to callers, the last id of the page they saw -----------------------------------
+# --- cursors: the list they page and the last id of the page seen --------------------------------
+
+
+def cursor_pattern(*kinds: str) -> str:
+    """What a cursor of these lists looks like (`runs:42`): the document and the check share it.
+    Eighteen digits at most, so that every cursor the pattern allows is an id SQLite can hold."""
+    return f"^({'|'.join(re.escape(kind) for kind in kinds)}):[0-9]{{1,18}}$"
 
 
 def encode_cursor(kind: str, last_id: int) -> str:
-    return base64.urlsafe_b64encode(f"{kind}:{last_id}".encode()).rstrip(b"=").decode()
+    return f"{kind}:{last_id}"
 
 
 def decode_cursor(kinds: tuple[str, ...], value: str) -> tuple[str, int]:
-    try:
-        text = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)).decode()
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise bad_parameter("cursor", "not a cursor this API gave out") from None
-    kind, _, number = text.partition(":")
-    if kind not in kinds or not number.isascii() or not number.isdigit():
+    if not value.isascii() or not re.fullmatch(cursor_pattern(*kinds), value):
         raise bad_parameter("cursor", "not a cursor of this list: use the next_cursor it answered")
+    kind, _, number = value.partition(":")
     return kind, int(number)
 
 
@@ -268,55 +299,45 @@ def page(items: list[dict[str, Any]], limit: int, kind: str) -> tuple[list[dict[
     return items, encode_cursor(kind, items[-1]["id"])
 
 
-# --- request bodies -------------------------------------------------------------------------------
+# --- request bodies and answers --------------------------------------------------------------------
+
+R = TypeVar("R", bound=Request)
 
 
-async def json_body(request: web.Request, *fields: str) -> dict[str, Any]:
-    """The JSON object of a request body (an empty body is `{}`); a key it does not know is an error,
-    so that a misspelt option (`failedOnly`) is not silently ignored."""
+async def json_body(request: web.Request, model: type[R]) -> R:
+    """The request body as its model (an empty body is `{}`). The message names the field at fault."""
     raw = await request.read()
-    if not raw.strip():
-        return {}
     try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+        body = json.loads(raw) if raw.strip() else {}
+        # A lone surrogate (`"\ud800"`) is valid JSON but no text: SQLite and the providers refuse it.
+        json.dumps(body, ensure_ascii=False).encode()
+    except RecursionError:
+        raise bad_body("body", "nested too deeply") from None
+    except UnicodeError:
+        raise bad_body("body", "not UTF-8 text (a lone surrogate?)") from None
+    except ValueError as exc:
         raise bad_body("body", f"not JSON ({exc})") from None
-    if not isinstance(body, dict):
-        raise bad_body("body", "expected a JSON object")
-    for key in body:
-        if key not in fields:
-            raise bad_body(key, f"unknown field (expected {', '.join(fields) or 'none'})")
-    return body
+    try:
+        return model.model_validate(body)
+    except pydantic.ValidationError as exc:
+        raise _invalid(exc.errors()[0], model) from None
 
 
-def body_bool(body: dict[str, Any], name: str, default: bool = False) -> bool:
-    value = body.get(name, default)
-    if not isinstance(value, bool):
-        raise bad_body(name, "expected true or false")
-    return value
+def _invalid(error: Any, model: type[Request]) -> BadRequest:
+    where = [str(part) for part in error["loc"]]
+    name = where[0] if where else "body"
+    if error["type"] == "extra_forbidden":
+        expected = ", ".join(model.model_fields) or "none"
+        return bad_body(name, f"unknown field (expected {expected})")
+    if error["type"] == "missing":
+        return bad_body(name, "required")
+    inner = ".".join(where[1:])
+    return bad_body(name, f"{inner + ': ' if inner else ''}{error['msg']}")
 
 
-def body_str(body: dict[str, Any], name: str, default: str | None = None, *, required: bool = False) -> str:
-    value = body.get(name, default)
-    if value is None and required:
-        raise bad_body(name, "required")
-    if not isinstance(value, str) or (required and not value.strip()):
-        raise bad_body(name, "expected a non-empty string" if required else "expected a string")
-    return value
-
-
-def body_globs(body: dict[str, Any], name: str) -> list[str]:
-    value = body.get(name, ["*"])
-    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
-        raise bad_body(name, "expected a non-empty list of glob patterns (strings)")
-    return value
-
-
-# --- timestamps -----------------------------------------------------------------------------------
-
-
-def timestamp(epoch: float | None) -> str | None:
-    """Unix seconds from the outbox as ISO 8601 UTC, like every other time the API shows."""
-    if epoch is None:
-        return None
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+def answer(
+    model: type[Response], data: Mapping[str, Any], status: int = 200, headers: Mapping[str, str] | None = None
+) -> web.Response:
+    """An answer serialized through its model: what the OpenAPI document says is what is sent."""
+    body = model.model_validate(data).model_dump(mode="json")
+    return web.json_response(body, status=status, headers=headers)

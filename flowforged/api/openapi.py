@@ -1,7 +1,8 @@
 """The OpenAPI 3.1 document of `/api/v1`, served at `GET /api/v1/openapi.json`.
 
-Its schemas are JSON Schema 2020-12 (OpenAPI 3.1's dialect); tests/api/ validates every
-response the tests receive against them, so the document says what the server does.
+Its schemas are JSON Schema 2020-12 (OpenAPI 3.1's dialect), generated from the pydantic models the
+handlers validate requests and serialize answers with (flowforged.api.schemas); tests/api/ validates
+every response the tests receive against them and schemathesis fuzzes the daemon from it.
 """
 
 from __future__ import annotations
@@ -10,39 +11,45 @@ import copy
 import functools
 
 from flowforged import __version__
-from flowforged.api.base import DEFAULT_LIMIT, MAX_LIMIT, PREFIX
-from flowforged.api.schemas import CURSOR, STATUS, STRING, Schema, components, obj, ref
+from flowforged.api import bodies
+from flowforged.api import schemas as models
+from flowforged.api.base import DEFAULT_LIMIT, MAX_ID, MAX_LIMIT, PREFIX, cursor_pattern
+from flowforged.api.schemas import Schema, components, ref
+from flowforged.model import Status
 from flowforged.store.outbox import STATES
+
+STRING: Schema = {"type": "string"}
+INTEGER_ID: Schema = {"type": "integer", "minimum": 0, "maximum": MAX_ID}
 
 
 def _error(description: str) -> Schema:
-    return {"description": description, "content": {"application/json": {"schema": ref("Error")}}}
+    return {"description": description, "content": {"application/json": {"schema": ref(models.Error)}}}
 
 
 def _ok(description: str, schema: Schema) -> Schema:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
-def _list(key: str, item: str, paged: bool = True) -> Schema:
-    properties = {key: {"type": "array", "items": ref(item)}}
-    if paged:
-        properties["next_cursor"] = CURSOR
-    return obj(properties)
-
-
 def _query(name: str, description: str, schema: Schema | None = None) -> Schema:
     return {"name": name, "in": "query", "required": False, "description": description, "schema": schema or STRING}
 
 
-PAGE = [
-    _query(
-        "limit",
-        f"Items per page (default {DEFAULT_LIMIT}).",
-        {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT},
-    ),
-    _query("cursor", "The `next_cursor` of the previous page."),
-]
-ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 0}}
+def _page(*kinds: str) -> list[Schema]:
+    return [
+        _query(
+            "limit",
+            f"Items per page (default {DEFAULT_LIMIT}).",
+            {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT},
+        ),
+        _query(
+            "cursor",
+            "The `next_cursor` of the previous page.",
+            {"type": "string", "pattern": cursor_pattern(*kinds)},
+        ),
+    ]
+
+
+ID = {"name": "id", "in": "path", "required": True, "schema": INTEGER_ID}
 SOURCE = _query("source", "Only this source.")
 EVENT_FILTERS = [
     SOURCE,
@@ -51,8 +58,8 @@ EVENT_FILTERS = [
 ]
 
 
-def _body(name: str, required: bool = False) -> Schema:
-    return {"required": required, "content": {"application/json": {"schema": ref(name)}}}
+def _body(model: type[bodies.Request], required: bool = False) -> Schema:
+    return {"required": required, "content": {"application/json": {"schema": ref(model)}}}
 
 
 def _op(
@@ -74,6 +81,10 @@ def _op(
     if bad:
         out["responses"]["400"] = _error("A query parameter, path id or body field is invalid; the message names it.")
     out["responses"]["401"] = _error("No bearer token, or a wrong one (with `WWW-Authenticate: Bearer`).")
+    out["responses"]["429"] = {
+        **_error("Too many wrong bearer tokens from this address: retry after `Retry-After` seconds."),
+        "headers": {"Retry-After": {"schema": {"type": "integer", "minimum": 1}}},
+    }
     if missing:
         out["responses"].setdefault("404", _error(f"No {missing} with that id."))
     out["responses"]["500"] = _error("An internal error (code `internal`); the daemon's log has the details.")
@@ -92,19 +103,16 @@ PROVIDER = {
         "longer configured (`unknown_source`), or it has no API token (`no_api_token`)."
     ),
     "404": _error("No such run or pipeline here, or the provider does not know it (or the token cannot see it)."),
-    "501": _error("The provider cannot do this (`not_supported`), e.g. a force-cancel where it has none."),
+    "422": _error(
+        "The source's provider cannot honour an option (`not_supported`); the message names it, e.g. `force`"
+        " where the provider has no forced cancel. Each source's `capabilities` say what it can do."
+    ),
+    "501": _error("The provider plugin cannot do this (`not_supported`)."),
     "502": _error("The provider failed, or rejected the source's API token (`provider_auth_failed`)."),
 }
 
 
 def _paths() -> dict[str, Schema]:
-    run_detail = obj(
-        {
-            "run": ref("Run"),
-            "jobs": {"type": "array", "items": ref("Job")},
-            "events": {"type": "array", "items": ref("Event")},
-        }
-    )
     return {
         "/openapi.json": {
             "get": {
@@ -116,20 +124,20 @@ def _paths() -> dict[str, Schema]:
         "/sources": {
             "get": _op(
                 "Every configured source, its webhook path, polling and API state",
-                {"200": _ok("The sources, by name.", _list("sources", "Source", paged=False))},
+                {"200": _ok("The sources, by name.", ref(models.SourceList))},
             )
         },
         "/pipelines": {
             "get": _op(
                 "Pipelines seen, oldest first, with each branch's last decisive status",
-                {"200": _ok("A page.", _list("pipelines", "Pipeline"))},
-                parameters=[SOURCE, *PAGE],
+                {"200": _ok("A page.", ref(models.PipelinePage))},
+                parameters=[SOURCE, *_page("pipelines")],
             )
         },
         "/pipelines/{id}": {
             "get": _op(
                 "One pipeline",
-                {"200": _ok("It.", obj({"pipeline": ref("Pipeline")}))},
+                {"200": _ok("It.", ref(models.OnePipeline))},
                 parameters=[ID],
                 missing="pipeline",
             )
@@ -140,32 +148,34 @@ def _paths() -> dict[str, Schema]:
                 {
                     "202": _ok(
                         "The provider accepted; `run` is null when it does not say which run it started.",
-                        ref("TriggerAccepted"),
+                        ref(models.TriggerAccepted),
                     ),
                     **PROVIDER,
                 },
                 parameters=[ID],
-                body=_body("TriggerRequest", required=True),
+                body=_body(bodies.TriggerRequest, required=True),
                 missing="pipeline",
             )
         },
         "/runs": {
             "get": _op(
                 "Runs, newest first",
-                {"200": _ok("A page.", _list("runs", "Run"))},
+                {"200": _ok("A page.", ref(models.RunPage))},
                 parameters=[
                     SOURCE,
                     _query("pipeline", "Only this pipeline."),
                     _query("branch", "Only this branch."),
-                    _query("status", "Only runs in this status.", STATUS),
-                    *PAGE,
+                    _query(
+                        "status", "Only runs in this status.", {"type": "string", "enum": [s.value for s in Status]}
+                    ),
+                    *_page("runs"),
                 ],
             )
         },
         "/runs/{id}": {
             "get": _op(
                 "One run with its jobs and its events (oldest first)",
-                {"200": _ok("It.", run_detail)},
+                {"200": _ok("It.", ref(models.RunDetail))},
                 parameters=[ID],
                 missing="run",
             )
@@ -173,32 +183,32 @@ def _paths() -> dict[str, Schema]:
         "/runs/{id}/rerun": {
             "post": _op(
                 "Re-run the run, or only its failed jobs",
-                {"202": _ok("The provider accepted.", ref("Accepted")), **PROVIDER},
+                {"202": _ok("The provider accepted.", ref(models.Accepted)), **PROVIDER},
                 parameters=[ID],
-                body=_body("RerunRequest"),
+                body=_body(bodies.RerunRequest),
                 missing="run",
             )
         },
         "/runs/{id}/cancel": {
             "post": _op(
                 "Cancel the run",
-                {"202": _ok("The provider accepted.", ref("Accepted")), **PROVIDER},
+                {"202": _ok("The provider accepted.", ref(models.Accepted)), **PROVIDER},
                 parameters=[ID],
-                body=_body("CancelRequest"),
+                body=_body(bodies.CancelRequest),
                 missing="run",
             )
         },
         "/events": {
             "get": _op(
                 "The event log",
-                {"200": _ok("A page.", _list("events", "Event"))},
+                {"200": _ok("A page.", ref(models.EventPage))},
                 parameters=[
                     *EVENT_FILTERS,
-                    *PAGE,
+                    *_page("events", "events.after"),
                     _query(
                         "after",
-                        "Oldest first, from after this event id (not with cursor).",
-                        {"type": "integer", "minimum": 0},
+                        "Oldest first, from after this event id; with a cursor, a lower bound of its pages.",
+                        INTEGER_ID,
                     ),
                 ],
                 description="Newest first. With `after`, oldest first from that event id: `next_cursor` is null once "
@@ -222,55 +232,56 @@ def _paths() -> dict[str, Schema]:
                         "in": "header",
                         "required": False,
                         "description": "Replay the stored events after this id first, then follow.",
-                        "schema": {"type": "integer", "minimum": 0},
+                        "schema": INTEGER_ID,
                     },
-                    _query(
-                        "after",
-                        "Same as Last-Event-ID, for clients that cannot set headers.",
-                        {"type": "integer", "minimum": 0},
-                    ),
+                    _query("after", "Same as Last-Event-ID, for clients that cannot set headers.", INTEGER_ID),
                 ],
             )
         },
         "/notifications": {
             "get": _op(
                 "Notifications (the outbox), newest first",
-                {"200": _ok("A page.", _list("notifications", "Notification"))},
-                parameters=[_query("state", "Only this state.", {"type": "string", "enum": list(STATES)}), *PAGE],
+                {"200": _ok("A page.", ref(models.NotificationPage))},
+                parameters=[
+                    _query("state", "Only this state.", {"type": "string", "enum": list(STATES)}),
+                    *_page("notifications"),
+                ],
             )
         },
         "/notifications/{id}/retry": {
             "post": _op(
                 "Send a dead, suppressed or pending notification again, now",
                 {
-                    "202": _ok("Queued for its sink.", obj({"notification": ref("Notification")})),
+                    "202": _ok("Queued for its sink.", ref(models.OneNotification)),
                     "409": _error("Already sent or superseded (`not_retryable`)."),
                 },
                 parameters=[ID],
+                body=_body(bodies.EmptyRequest),
                 missing="notification",
             )
         },
         "/silences": {
             "get": _op(
                 "Active silences",
-                {"200": _ok("Them.", _list("silences", "Silence", paged=False))},
+                {"200": _ok("Them.", ref(models.SilenceList))},
                 parameters=[_query("all", "Expired ones too.", {"type": "boolean", "default": False})],
             ),
             "post": _op(
                 "Silence notifications of some sources/pipelines/branches (globs) until a time",
                 {
                     "201": {
-                        **_ok("Added; `Location` is its URL.", obj({"silence": ref("Silence")})),
+                        **_ok("Added; `Location` is its URL.", ref(models.OneSilence)),
                         "headers": {"Location": {"schema": STRING}},
-                    }
+                    },
+                    "422": _error("`until` is not in the future, or too far in it."),
                 },
-                body=_body("SilenceRequest"),
+                body=_body(bodies.SilenceRequest),
             ),
         },
         "/silences/{id}": {
             "get": _op(
                 "One silence, active or not",
-                {"200": _ok("It.", obj({"silence": ref("Silence")}))},
+                {"200": _ok("It.", ref(models.OneSilence))},
                 parameters=[ID],
                 missing="silence",
             )
@@ -278,8 +289,9 @@ def _paths() -> dict[str, Schema]:
         "/silences/{id}/expire": {
             "post": _op(
                 "End a silence now (expiring an ended one changes nothing)",
-                {"200": _ok("It, ended.", obj({"silence": ref("Silence")}))},
+                {"200": _ok("It, ended.", ref(models.OneSilence))},
                 parameters=[ID],
+                body=_body(bodies.EmptyRequest),
                 missing="silence",
             )
         },

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import yarl
 from aiohttp import web
 
-from flowforged.api.base import NotFound, Query, bad_parameter, context, page, path_id
+from flowforged import plugin
+from flowforged.api import schemas
+from flowforged.api.base import NotFound, Query, answer, context, page, path_id
 from flowforged.model import Status
 from flowforged.store import api as sql
 from flowforged.store import queries
@@ -20,14 +23,21 @@ async def sources(request: web.Request) -> web.Response:
     Query(request)
     ctx = context(request)
     status = ctx.operations.sources_status()
-    return web.json_response(
+    return answer(
+        schemas.SourceList,
         {
             "sources": [
                 source_dict(name, source, status.get(name, {}))
                 for name, source in sorted(ctx.config.source_configs.items())
             ]
-        }
+        },
     )
+
+
+def capabilities(source_type: str) -> plugin.Capabilities:
+    """What the provider of a source can do (none if its plugin is not installed any more)."""
+    provider = plugin.providers().get(source_type)
+    return provider.capabilities if provider is not None else plugin.Capabilities()
 
 
 def source_dict(name: str, source: Any, status: dict[str, Any]) -> dict[str, Any]:
@@ -53,6 +63,7 @@ def source_dict(name: str, source: Any, status: dict[str, Any]) -> dict[str, Any
             "rate_limited_until": status.get("rate_limited_until"),
             "requests": dict(status.get("requests") or {}),
         },
+        "capabilities": dataclasses.asdict(capabilities(source.type)),
         "repos": list(source.repos),
     }
 
@@ -66,12 +77,12 @@ async def pipelines(request: web.Request) -> web.Response:
         )
     )
     items, cursor = page(rows, limit, "pipelines")
-    return web.json_response({"pipelines": items, "next_cursor": cursor})
+    return answer(schemas.PipelinePage, {"pipelines": items, "next_cursor": cursor})
 
 
 async def pipeline(request: web.Request) -> web.Response:
     Query(request)
-    return web.json_response({"pipeline": await find_pipeline(request)})
+    return answer(schemas.OnePipeline, {"pipeline": await find_pipeline(request)})
 
 
 async def find_pipeline(request: web.Request) -> dict[str, Any]:
@@ -94,7 +105,7 @@ async def runs(request: web.Request) -> web.Response:
     before = cursor_id(query, "runs")
     rows = await context(request).store.read(lambda conn: queries.runs(conn, **filters, before=before, limit=limit + 1))
     items, cursor = page(rows, limit, "runs")
-    return web.json_response({"runs": items, "next_cursor": cursor})
+    return answer(schemas.RunPage, {"runs": items, "next_cursor": cursor})
 
 
 async def run(request: web.Request) -> web.Response:
@@ -102,8 +113,9 @@ async def run(request: web.Request) -> web.Response:
     found = await find_run(request)
     store = context(request).store
     key = (found["source"], found["run_id"], found["attempt"])
-    return web.json_response(
-        {"run": found, "jobs": await store.read(sql.run_jobs, *key), "events": await store.read(sql.run_events, *key)}
+    return answer(
+        schemas.RunDetail,
+        {"run": found, "jobs": await store.read(sql.run_jobs, *key), "events": await store.read(sql.run_events, *key)},
     )
 
 
@@ -118,22 +130,25 @@ async def find_run(request: web.Request) -> dict[str, Any]:
 async def events(request: web.Request) -> web.Response:
     """Newest first, older pages through `cursor`. With `after` (an event id), oldest first from there:
     how a client follows the log without the stream. Its next_cursor is null once it has caught up;
-    it then asks again with after=<the last id it saw>."""
+    it then asks again with after=<the last id it saw>. A cursor keeps the order of the page it came
+    from; `after` given with it is a lower bound that still holds."""
     query = Query(request, "source", "run_id", "kind", "limit", "cursor", "after")
     limit = query.limit()
     cursor, after = query.cursor("events", "events.after"), query.integer("after")
-    if cursor is not None and after is not None:
-        raise bad_parameter("after", "give either cursor or after, not both")
-    before = None
+    before, oldest_first = None, after is not None
     if cursor is not None:
         kind, last = cursor
-        before, after = (last, None) if kind == "events" else (None, last)
+        oldest_first = kind == "events.after"
+        if oldest_first:
+            after = last if after is None else max(last, after)
+        else:
+            before = last
     filters = {"source": query.text("source"), "run_id": query.text("run_id"), "kind": query.choice("kind", KINDS)}
     rows = await context(request).store.read(
-        lambda conn: sql.events(conn, **filters, before=before, after=after, limit=limit + 1)
+        lambda conn: sql.events(conn, **filters, before=before, after=after, limit=limit + 1, oldest_first=oldest_first)
     )
-    items, next_cursor = page(rows, limit, "events" if after is None else "events.after")
-    return web.json_response({"events": items, "next_cursor": next_cursor})
+    items, next_cursor = page(rows, limit, "events.after" if oldest_first else "events")
+    return answer(schemas.EventPage, {"events": items, "next_cursor": next_cursor})
 
 
 def cursor_id(query: Query, kind: str) -> int | None:

@@ -5,13 +5,15 @@ when nothing happened for a while (so that proxies keep the connection and a dea
 A client that reconnects sends `Last-Event-ID` (browsers do it by themselves): the stream first replays
 the stored events after that id, then follows the bus. It subscribes to the bus before it reads the
 store, so nothing committed in between is lost, and skips what it already sent.
+
+Each event is encoded once for all the streams that follow the bus (flowforged.bus.Message), in the
+shape `GET /events` shows it (flowforged.api.schemas.Event).
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-import json
 from collections.abc import Callable
 from typing import Any
 
@@ -19,11 +21,13 @@ from aiohttp import web
 
 from flowforged.api.base import Context, Query, bad_parameter, context, log
 from flowforged.api.reads import KINDS
+from flowforged.api.schemas import Event
+from flowforged.bus import Message
 from flowforged.store import api as sql
 
 KEEPALIVE = 15.0
 REPLAY_PAGE = 500
-_CLOSING: dict[str, Any] = {"type": "closing"}  # put in each stream's queue when the daemon stops
+_CLOSING = Message({"type": "closing"})  # put in each stream's queue when the daemon stops
 
 
 async def stream(request: web.Request) -> web.StreamResponse:
@@ -75,7 +79,7 @@ async def _replay(ctx: Context, response: web.StreamResponse, filters: dict[str,
     while True:
         rows = await ctx.store.read(functools.partial(sql.events, **filters, after=last, limit=REPLAY_PAGE))
         for event in rows:
-            await _send(response, event)
+            await response.write(frame(event))
             last = event["id"]
         if len(rows) < REPLAY_PAGE:
             return last
@@ -84,7 +88,7 @@ async def _replay(ctx: Context, response: web.StreamResponse, filters: dict[str,
 async def _follow(
     ctx: Context,
     response: web.StreamResponse,
-    queue: asyncio.Queue[dict[str, Any]],
+    queue: asyncio.Queue[Message],
     filters: dict[str, str | None],
     wanted: Callable[[dict[str, Any]], bool],
     last: int,
@@ -103,17 +107,18 @@ async def _follow(
             continue
         if message is _CLOSING:
             return
-        event_id = message.get("id")
-        if message.get("type") != "event" or not isinstance(event_id, int) or event_id <= last:
+        event_id = message.data.get("id")
+        if message.data.get("type") != "event" or not isinstance(event_id, int) or event_id <= last:
             continue
         last = event_id
-        if wanted(message):
-            await _send(response, message)
+        if wanted(message.data):
+            await response.write(message.encoded(frame))
 
 
-async def _send(response: web.StreamResponse, event: dict[str, Any]) -> None:
-    data = json.dumps({"id": event["id"], **event}, separators=(",", ":"))
-    await response.write(f"id: {event['id']}\ndata: {data}\n\n".encode())
+def frame(event: dict[str, Any]) -> bytes:
+    """One event as a server-sent event."""
+    data = Event.model_validate(event).model_dump_json()
+    return f"id: {event['id']}\ndata: {data}\n\n".encode()
 
 
 async def close_streams(app: web.Application, ctx: Context) -> None:

@@ -1,4 +1,4 @@
-"""Read queries of the control API (issue 4) that the CLI does not need: pipelines, one run with its
+"""Read queries of the control API that the CLI does not need: pipelines, one run with its
 jobs and events, the event log, one notification, one silence. Run on a reader connection.
 
 Pages are keyset pages on the table's id, never OFFSET: a page boundary does not move when new rows
@@ -96,8 +96,10 @@ def events(
     before: int | None = None,
     after: int | None = None,
     limit: int = 50,
+    oldest_first: bool | None = None,
 ) -> list[dict[str, Any]]:
-    """Newest first below `before`; with `after`, oldest first above it (following the log)."""
+    """Between `after` and `before` (each optional): newest first, or oldest first (following the log),
+    which is the default when `after` is given."""
     clauses, params = [], []
     for column, value in (("e.source", source), ("e.run_id", run_id), ("e.kind", kind)):
         if value is not None:
@@ -110,7 +112,9 @@ def events(
         clauses.append("e.id > ?")
         params.append(after)
     where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-    order = "ASC" if after is not None else "DESC"
+    if oldest_first is None:
+        oldest_first = after is not None
+    order = "ASC" if oldest_first else "DESC"
     sql = f"{_EVENTS} {where} ORDER BY e.id {order} LIMIT ?"  # noqa: S608
     rows = conn.execute(sql, (*params, limit)).fetchall()
     return [event_dict(row) for row in rows]

@@ -1,4 +1,4 @@
-"""The outbox and the silences: SQL for notifications (issue 3).
+"""The outbox and the silences: SQL for notifications.
 
 Rows are written inside the ingest transaction that caused them, so a notification exists exactly when
 its transition does; the dispatcher reads due rows on a reader connection and records each outcome

@@ -21,11 +21,20 @@ RUN_FIELDS = (
     "duration_seconds",
     "transition",
 )
-EXTRA_RUN_FIELDS = ("number", "created_at", "updated_at", "queue_seconds", "commit_message", "author", "trigger")
+EXTRA_RUN_FIELDS = (
+    "number",
+    "created_at",
+    "updated_at",
+    "queue_seconds",
+    "commit_message",
+    "author",
+    "trigger",
+    "pull_request",
+)
 
 
 def run_dict(row: sqlite3.Row | dict[str, Any]) -> dict[str, Any]:
-    """A run as `flowforged runs --json` and the API show it (DESIGN.md names the fields)."""
+    """A run as `flowforged runs --json` and the API show it (docs/architecture.md names the fields)."""
     return {field: row[field] for field in (*RUN_FIELDS, *EXTRA_RUN_FIELDS)}
 
 

@@ -43,7 +43,8 @@ async def test_runs_use_the_cli_fields_and_filter(api):
     reply = await api.get("/runs")
     with sqlite3.connect(api.db) as conn:
         conn.row_factory = sqlite3.Row
-        assert reply.body["runs"] == queries.runs(conn)  # what `flowforged runs --json` prints
+        cli = queries.runs(conn)  # what `flowforged runs --json` prints
+    assert [{key: run[key] for key in printed} for run, printed in zip(reply.body["runs"], cli, strict=True)] == cli
     assert reply.body["next_cursor"] is None
     assert len(reply.body["runs"]) == 6
     gh = "octo-org/octo-repo/.github/workflows/test.yml"
@@ -126,3 +127,28 @@ async def test_events_newest_first_filtered_paged_and_followed(api):
     rest = (await api.get("/events", cursor=follow["next_cursor"], limit=3)).body
     assert [e["id"] for e in rest["events"]] == sorted(ids)[4:] and rest["next_cursor"] is None
     assert (await api.get("/events", after=ids[0])).body == {"events": [], "next_cursor": None}
+
+
+async def test_every_time_is_rfc3339_or_null_whatever_the_store_holds(api):
+    """Stored times come as providers and older versions wrote them: epoch seconds, GitLab's
+    `2024-01-02 10:00:00 UTC`, offsets, fractions, an empty string. The API shows each as RFC 3339 in
+    UTC, in whole seconds as the store writes them, or null; tests/api/client.py checks the date-times
+    of every answer with a format checker."""
+    await api.seed()
+    with sqlite3.connect(api.db) as conn:
+        conn.execute(
+            "UPDATE runs SET started_at = '2024-01-02 10:00:00 UTC', created_at = '2024-01-02T12:00:00.250+02:00',"
+            " finished_at = 1704190200, updated_at = '' WHERE id = 1"
+        )
+        conn.execute("UPDATE pipeline_state SET since = 1704190200.5")
+        conn.execute("UPDATE pipelines SET first_seen = 'not a time'")
+    run = (await api.get("/runs/1")).body["run"]
+    assert (run["started_at"], run["created_at"], run["finished_at"], run["updated_at"]) == (
+        "2024-01-02T10:00:00Z",
+        "2024-01-02T10:00:00Z",
+        "2024-01-02T10:10:00Z",
+        None,
+    )
+    pipelines = (await api.get("/pipelines")).body["pipelines"]
+    assert {b["since"] for p in pipelines for b in p["branches"]} == {"2024-01-02T10:10:00Z"}
+    assert {p["first_seen"] for p in pipelines} == {None}

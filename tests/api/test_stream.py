@@ -6,8 +6,12 @@ import asyncio
 import json
 from typing import Any
 
+from aiohttp import web
+
 from tests.api.client import PREFIX, Api, validate
 from tests.conftest import API_TOKEN, github_run, gitlab_pipeline
+
+STREAMS = 50
 
 # --- the event stream ----------------------------------------------------------------------------------
 
@@ -102,3 +106,25 @@ async def test_stream_refuses_a_bad_last_event_id(api):
         PREFIX + "/events/stream", headers={"Authorization": f"Bearer {API_TOKEN}", "Last-Event-ID": "abc"}
     )
     assert response.status == 400 and (await response.json())["error"]["message"].startswith("Last-Event-ID:")
+
+
+async def test_an_event_is_serialized_once_for_every_stream(api, monkeypatch):
+    """What the streams are given is one bytes object, not one encoding per stream (500 streams
+    encoding each event made ingest 18 times slower)."""
+    written: list[bytes] = []  # kept alive, so that no two of them can share an id()
+    write = web.StreamResponse.write
+
+    async def recording(self: web.StreamResponse, data: bytes) -> None:
+        if data.startswith(b"id: "):
+            written.append(data)
+        await write(self, data)
+
+    monkeypatch.setattr(web.StreamResponse, "write", recording)
+    streams = [await _stream(api) for _ in range(STREAMS)]
+    await api.github(github_run("failure", run_id=779))
+    for response in streams:
+        [event], _ = await _read_stream(response, 1)
+        assert event["run_id"] == "779"
+        response.close()
+    assert len(written) == STREAMS
+    assert len({id(frame) for frame in written}) == 1
