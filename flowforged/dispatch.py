@@ -22,18 +22,14 @@ from collections.abc import Callable
 from typing import Any
 
 from flowforged import logs
+from flowforged.backoff import backoff
 from flowforged.errors import PermanentSinkError, SinkError
 from flowforged.plugin import Notification, Sink, SinkContext
-from flowforged.store import Store, outbox
+from flowforged.store import Store, outbox, threads
 
 log = logs.get("flowforged.dispatch")
 Observer = Callable[[str, str, float | None], None]  # (sink, outcome, latency seconds when sent)
 IDLE_CHECK = 2.0  # seconds: picks up rows changed by the CLI (retry) without a wake-up
-
-
-def backoff(attempt: int, base: float, cap: float, rng: Callable[[], float] = random.random) -> float:
-    """Exponential backoff with full jitter (AWS Architecture Blog, "Exponential Backoff and Jitter")."""
-    return rng() * min(cap, base * 2**attempt)
 
 
 def notification(row: dict[str, Any], failed_jobs: list[str], others: list[dict[str, Any]]) -> Notification:
@@ -74,7 +70,7 @@ class Dispatcher:
     ):
         self.store = store
         self.sinks = sinks
-        self.context = SinkContext(http=http, log=logs.get("flowforged.sink"))
+        self.context = SinkContext(http=http, log=logs.get("flowforged.sink"), threads=threads.Threads(store))
         self.max_age = max_age
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
@@ -176,7 +172,7 @@ class Dispatcher:
                 f"expired: not sent within max_age ({self.max_age:g} s); last error: {first['last_error'] or 'none'}",
             )
             return 0
-        await self._pace(name, getattr(sink, "min_interval", 0.0))
+        await self._pace(name, sink.min_interval)
         jobs = await self.store.read(outbox.failed_jobs, first["source"], first["run"])
         message = notification(first, jobs, group[1:])
         try:

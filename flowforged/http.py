@@ -1,24 +1,25 @@
-"""The HTTP client the core lends every provider plugin's async half (docs/architecture.md, "Polling").
+"""The HTTP client the core lends every provider plugin's remote half (docs/architecture.md, "Polling").
 
-It owns what every provider needs, so that no plugin writes it twice: the base URL and auth header,
-`ETag` / `If-None-Match` caching, rate-limit accounting (refuse to spend the last `headroom` requests,
-honour `Retry-After`, never sleep an hour inside a request), backoff with full jitter on 5xx and
-network errors, an optional requests-per-second cap, and the figures the metrics export.
+It owns what every provider needs, so that no plugin writes it twice: the base URL, the auth header
+asked of the source's `Auth` for each request (flowforged/credentials.py: a renewable token fits),
+TLS with the source's CA bundle, `ETag` / `If-None-Match` caching, rate-limit accounting through the
+provider's `RateLimits` hook (flowforged/ratelimits.py: refuse to spend the last `headroom`
+requests, honour `Retry-After`, never sleep an hour inside a request), pages in the provider's
+`Pagination` style (flowforged/pagination.py), backoff with full jitter on 5xx and network errors,
+pacing to the provider's per-minute limit (flowforged/pacer.py) and an optional requests-per-second
+cap, and the figures the metrics export.
 
-The header parsing and status mapping at the top are pure functions; `ProviderClient` is the thin
-async part. The token is kept in one private attribute and never appears in a log line, an exception
-or a repr.
+The functions at the top are pure; `ProviderClient` is the thin async part. Credentials are never in
+a log line, an exception or a repr: every value the Auth sent is scrubbed from errors.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import dataclasses
-import email.utils
 import json as jsonlib
 import random
-import re
+import ssl
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -29,16 +30,19 @@ import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from flowforged import __version__, logs
+from flowforged.backoff import backoff
+from flowforged.credentials import Auth, StaticAuth
 from flowforged.errors import ProviderError, RateLimited
+from flowforged.pacer import Pacer
+from flowforged.pagination import LinkHeader, Pagination, parse_link
+from flowforged.ratelimits import Budget, RateLimits, retry_after
+
+__all__ = ["Budget", "ProviderClient", "Response", "retry_after"]  # retry_after: sinks read it from here
 
 log = logs.get("flowforged.http")
 
 BACKOFF_BASE = 1.0  # seconds: the first retry waits up to this, then doubling
 BACKOFF_CAP = 60.0
-# GitHub: without retry-after, and unless x-ratelimit-remaining is 0 (then wait for x-ratelimit-reset),
-# "wait for at least one minute before retrying".
-# https://docs.github.com/en/rest/using-the-rest-api/rate-limits-for-the-rest-api#exceeding-the-rate-limit
-DEFAULT_BLOCK = 60.0
 IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 # A POST is repeated only on a gateway's answer or when no connection was made. A 504 can hide a
 # request that did run, so a retried trigger may, rarely, start two runs.
@@ -51,127 +55,16 @@ OUTCOMES = ("ok", "not_modified", "rate_limited", "error")
 # --- pure half ---------------------------------------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Budget:
-    """What is left of a rate-limit window, as the provider's last answer told it."""
-
-    limit: int | None
-    remaining: int
-    reset_at: float | None  # epoch seconds
-    resource: str = "core"
-
-    def reserve(self, headroom: int) -> int:
-        # Keeping 50 of a 60-request budget (GitHub unauthenticated, 30/min search) would leave it
-        # almost unusable: the reserve is at most a quarter of the limit.
-        return min(headroom, self.limit // 4) if self.limit is not None else headroom
-
-    def spent(self, headroom: int, now: float) -> bool:
-        """No more requests until the reset: only the reserve is left and the window is still open."""
-        if self.reset_at is None or self.reset_at <= now:
-            return False
-        return self.remaining <= self.reserve(headroom)
-
-
-def _int(value: str | None) -> int | None:
-    try:
-        return int(float(value)) if value not in (None, "") else None
-    except ValueError:
-        return None
-
-
-def _headers(headers: Mapping[str, str]) -> CIMultiDict[str] | CIMultiDictProxy[str]:
-    if isinstance(headers, CIMultiDict | CIMultiDictProxy):
-        return headers
-    return CIMultiDict(headers)
-
-
-def parse_budget(headers: Mapping[str, str], now: float) -> Budget | None:
-    """The rate-limit budget announced by a response, GitHub's or GitLab's headers; None if neither."""
-    h = _headers(headers)
-    # GitHub: x-ratelimit-limit, -remaining, -used, -reset (epoch seconds), -resource (core, search, ...)
-    # https://docs.github.com/en/rest/using-the-rest-api/rate-limits-for-the-rest-api#checking-the-status-of-your-rate-limit
-    remaining = _int(h.get("x-ratelimit-remaining"))
-    if remaining is not None:
-        reset = _int(h.get("x-ratelimit-reset"))
-        return Budget(
-            limit=_int(h.get("x-ratelimit-limit")),
-            remaining=remaining,
-            reset_at=float(reset) if reset is not None else None,
-            resource=h.get("x-ratelimit-resource") or "core",
-        )
-    # GitLab: RateLimit-Limit, -Observed, -Remaining, -Reset (epoch seconds), -ResetTime
-    # https://docs.gitlab.com/ee/administration/settings/user_and_ip_rate_limits.html#response-headers
-    limit = _int(h.get("RateLimit-Limit"))
-    remaining = _int(h.get("RateLimit-Remaining"))
-    if remaining is None:
-        observed = _int(h.get("RateLimit-Observed"))
-        if observed is None or limit is None:
-            return None
-        remaining = max(limit - observed, 0)
-    reset = _int(h.get("RateLimit-Reset"))
-    # Buildkite sends a second, per-user budget beside the organization's (RateLimit-User-Remaining,
-    # -Limit, -Reset; https://buildkite.com/docs/apis/rest-api/rate-limits): a 429 comes from whichever
-    # runs out first, so the tighter of the two is the one to count.
-    user_remaining = _int(h.get("RateLimit-User-Remaining"))
-    if user_remaining is not None and user_remaining < remaining:
-        limit, remaining = _int(h.get("RateLimit-User-Limit")), user_remaining
-        reset = _int(h.get("RateLimit-User-Reset"))
-    # The IETF RateLimit draft (and Buildkite) send seconds until the reset where GitLab sends an epoch time.
-    if reset is not None and reset < 1_000_000_000:
-        reset = int(now) + reset
-    return Budget(limit=limit, remaining=remaining, reset_at=float(reset) if reset is not None else None)
-
-
-def retry_after(headers: Mapping[str, str], now: float) -> float | None:
-    """`Retry-After` in seconds from `now`: delay-seconds or an HTTP-date (RFC 9110, section 10.2.3)."""
-    value = _headers(headers).get("Retry-After")
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(float(value), 0.0)
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(when.timestamp() - now, 0.0)
-
-
 def provider_message(data: Any) -> str:
     """The human message of an error body: GitHub `{"message"}`, GitLab `{"message"}` or `{"error"}`."""
     if not isinstance(data, dict):
         return ""
     message = data.get("message") or data.get("error") or ""
+    if isinstance(message, dict) and isinstance(message.get("message"), str):  # {"error": {"message"}}
+        return message["message"]
     if isinstance(message, dict | list):  # GitLab validation errors: {"message": {"ref": ["is missing"]}}
         return jsonlib.dumps(message, sort_keys=True)
     return str(message)
-
-
-def is_rate_limited(status: int, headers: Mapping[str, str], data: Any) -> bool:
-    """A 429, or a GitHub 403 that is a (secondary or primary) rate limit rather than a permission."""
-    if status == 429:
-        return True
-    if status != 403:
-        return False
-    # GitHub marks these with retry-after, x-ratelimit-remaining: 0, or the message ("You have exceeded
-    # a secondary rate limit", "API rate limit exceeded for ...").
-    h = _headers(headers)
-    if "Retry-After" in h or h.get("x-ratelimit-remaining") == "0":
-        return True
-    return "rate limit" in provider_message(data).lower()
-
-
-def block_seconds(headers: Mapping[str, str], now: float) -> float:
-    """How long to send nothing after a rate-limit answer: Retry-After, else the reset, else 60 s."""
-    after = retry_after(headers, now)
-    if after is not None:
-        return after
-    budget = parse_budget(headers, now)
-    if budget is not None and budget.remaining == 0 and budget.reset_at is not None:
-        return max(budget.reset_at - now, 0.0)
-    return DEFAULT_BLOCK
 
 
 def error_for(source: str, status: int, data: Any) -> ProviderError:
@@ -190,26 +83,6 @@ def error_for(source: str, status: int, data: Any) -> ProviderError:
     return ProviderError(f"{source}: the provider answered {status}{detail}", status=502, code="provider_error")
 
 
-_LINK = re.compile(r'<([^>]*)>((?:\s*;\s*[^;,"\s=]+(?:\s*=\s*(?:"[^"]*"|[^;,\s]*))?)*)')
-_PARAM = re.compile(r';\s*([^;,"\s=]+)(?:\s*=\s*(?:"([^"]*)"|([^;,\s]*)))?')
-
-
-def parse_link(value: str | None) -> dict[str, str]:
-    """An RFC 8288 `Link` header as {rel: url}. GitHub and GitLab paginate with rel next/prev/first/last."""
-    links: dict[str, str] = {}
-    for match in _LINK.finditer(value or ""):
-        for name, quoted, bare in _PARAM.findall(match.group(2)):
-            if name.lower() == "rel":
-                for rel in (quoted or bare).split():  # rel="next last" names two relations
-                    links.setdefault(rel.lower(), match.group(1))
-    return links
-
-
-def next_page(headers: Mapping[str, str]) -> int | None:
-    """GitLab's `x-next-page`: the next page number, empty on the last page."""
-    return _int(_headers(headers).get("x-next-page"))
-
-
 def query_items(params: Mapping[str, Any] | None) -> list[tuple[str, str]]:
     """Query parameters as pairs: None dropped, booleans as true/false, a list repeats its key."""
     items: list[tuple[str, str]] = []
@@ -219,12 +92,6 @@ def query_items(params: Mapping[str, Any] | None) -> list[tuple[str, str]]:
                 continue
             items.append((key, ("true" if one else "false") if isinstance(one, bool) else str(one)))
     return items
-
-
-def basic_auth(username: str, password: str) -> tuple[str, str]:
-    """The `auth` of a ProviderClient for HTTP Basic authentication (RFC 7617: UTF-8, base64), as
-    Jenkins takes a user name and API token; aiohttp's BasicAuth helper is deprecated."""
-    return "Authorization", "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()
 
 
 def cache_key(url: str, query: list[tuple[str, str]]) -> str:
@@ -239,21 +106,6 @@ def same_origin(url: str, base_url: str) -> bool:
     """Whether the token may go to `url`: same scheme, host and port as the configured API."""
     a, b = urlsplit(url), urlsplit(base_url)
     return (a.scheme.lower(), a.hostname, a.port) == (b.scheme.lower(), b.hostname, b.port)
-
-
-def resource_for(url: str, base_url: str) -> str:
-    """GitHub's rate-limit resource a request spends: search and GraphQL have budgets of their own."""
-    path = urlsplit(url).path.removeprefix(urlsplit(base_url).path.rstrip("/"))
-    if path.startswith("/search/"):
-        return "search"
-    if path.rstrip("/") == "/graphql":
-        return "graphql"
-    return "core"
-
-
-def backoff_delay(attempt: int, rng: random.Random, base: float = BACKOFF_BASE, cap: float = BACKOFF_CAP) -> float:
-    """Exponential backoff with full jitter: uniform(0, min(cap, base * 2**attempt))."""
-    return rng.uniform(0.0, min(cap, base * 2**attempt))
 
 
 def parse_body(body: bytes) -> Any:
@@ -296,8 +148,7 @@ class Response:
     headers: Mapping[str, str]  # case-insensitive
     data: Any  # parsed JSON, None for an empty body, a 304 or a body that is not JSON
     not_modified: bool = False
-    links: dict[str, str] = dataclasses.field(default_factory=dict)  # rel -> absolute URL
-    next_page: int | None = None  # GitLab x-next-page
+    links: dict[str, str] = dataclasses.field(default_factory=dict)  # RFC 8288 Link: rel -> absolute URL
     url: str = ""
 
 
@@ -315,12 +166,17 @@ class ProviderClient:
         self,
         source: str,
         base_url: str,
-        auth: tuple[str, str],
+        auth: Auth | tuple[str, str],
         session: aiohttp.ClientSession,
         etags: EtagStore | None = None,
         *,
+        pagination: Pagination | None = None,
+        rate_limits: RateLimits | None = None,
+        tls: ssl.SSLContext | None = None,
         headroom: int = 50,
         max_rps: float | None = None,
+        points_per_minute: float | None = None,
+        points: Callable[[str], int] | None = None,
         max_retries: int = 4,
         headers: Mapping[str, str] | None = None,
         clock: Callable[[], float] = time.time,
@@ -328,19 +184,26 @@ class ProviderClient:
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
         rng: random.Random | None = None,
     ):
-        """`clock` is wall time (rate-limit resets are epoch seconds); `monotonic` spaces requests for
-        `max_rps`. `headers` are sent with every request (GitHub: Accept, X-GitHub-Api-Version)."""
+        """`auth` gives the header of each request (a (name, value) pair: a static one). `pagination`
+        is how pages() follows a list (Link headers by default), `rate_limits` how answers announce
+        budgets (none by default), `tls` the context certificates are verified with (the system's by
+        default). `clock` is wall time (rate-limit resets are epoch seconds); `monotonic` paces requests
+        to `points_per_minute` (each request costing `points(method)`, 1 by default) and `max_rps`.
+        `headers` are sent with every request (GitHub: Accept, X-GitHub-Api-Version)."""
         self.source = source
         self.base_url = base_url.rstrip("/")
         self.session = session
         self.etags: EtagStore = etags if etags is not None else MemoryEtags()
+        self.auth: Auth = StaticAuth(auth[0], auth[1], auth[1].split(" ", 1)[-1]) if isinstance(auth, tuple) else auth
+        self.pagination: Pagination = pagination or LinkHeader()
+        self.rate_limits = rate_limits or RateLimits()
         self.headroom = headroom
         self.max_retries = max_retries
         self.last_error: str | None = None
-        self._token = auth[1].split(" ", 1)[-1]  # "Bearer <token>" or the bare token
-        self._headers = {"User-Agent": f"flowforged/{__version__}", **(headers or {}), auth[0]: auth[1]}
-        self._interval = 1.0 / max_rps if max_rps else 0.0
-        self._next_start = 0.0
+        self._tls: ssl.SSLContext | bool = tls if tls is not None else True
+        self._headers = {"User-Agent": f"flowforged/{__version__}", **(headers or {})}
+        self.pacer = Pacer(points_per_minute, 60.0, max_rps=max_rps)
+        self._points = points or (lambda method: 1)
         self._clock = clock
         self._monotonic = monotonic
         self._sleep = sleep
@@ -354,7 +217,7 @@ class ProviderClient:
 
     @property
     def budget(self) -> Budget | None:
-        """The core budget (GitHub's `core` resource; GitLab has only one)."""
+        """The core budget (GitHub's `core` resource; most providers have only one)."""
         return self._budgets.get("core")
 
     @property
@@ -378,7 +241,8 @@ class ProviderClient:
     ) -> Response:
         """Send one request; raise RateLimited without sending while the budget is spent, and
         ProviderError for an answer that is an error (after retries, for 5xx and network errors).
-        `headers` are added to this request alone (Jenkins: a CSRF crumb and the session it belongs to)."""
+        `headers` are added to this request alone (Jenkins: a CSRF crumb and the session it belongs to;
+        Kubernetes: the content type of a merge patch)."""
         try:
             response = await self._request(method.upper(), path_or_url, query_items(params), json, conditional, headers)
         except RateLimited as exc:
@@ -404,20 +268,20 @@ class ProviderClient:
         params: Mapping[str, Any] | None = None,
         conditional: bool = False,
         max_pages: int | None = None,
+        pagination: Pagination | None = None,
     ) -> AsyncIterator[Response]:
-        """Each page of a list, following `Link: rel="next"` (or GitLab's x-next-page). Stops after a
-        page that is not modified: what follows it is what was seen before."""
+        """Each page of a list, followed in the provider's pagination style (or `pagination`). Stops
+        after a page that is not modified: what follows it is what was seen before."""
+        style = pagination or self.pagination
         response = await self.get(path_or_url, params=params, conditional=conditional)
         count = 1
         yield response
         while not response.not_modified and (max_pages is None or count < max_pages):
-            if "next" in response.links:
-                response = await self.get(response.links["next"], conditional=conditional)
-            elif response.next_page is not None:
-                following = {**(params or {}), "page": response.next_page}
-                response = await self.get(path_or_url, params=following, conditional=conditional)
-            else:
+            following = style.following(response, path_or_url, params)
+            if following is None:
                 return
+            path_or_url, params = following
+            response = await self.get(path_or_url, params=params, conditional=conditional)
             count += 1
             yield response
 
@@ -439,6 +303,9 @@ class ProviderClient:
         if conditional and (etag := await self.etags.get(self.source, key)):
             headers["If-None-Match"] = etag
         status, reply, raw, final_url = await self._send(method, url, query, body, headers)
+        if status == 401 and self.auth.rejected():
+            # A renewable credential expired early or was revoked: one more try with a new one.
+            status, reply, raw, final_url = await self._send(method, url, query, body, headers)
         data = parse_body(raw)
         if status == 304:
             # GitHub: "Making a conditional request does not count against your primary rate limit if
@@ -448,8 +315,8 @@ class ProviderClient:
             if conditional and (etag := reply.get("ETag")):
                 await self.etags.put(self.source, key, etag)
             return self._response(status, reply, data, final_url)
-        if is_rate_limited(status, reply, data):
-            self._blocked_until = self._clock() + block_seconds(reply, self._clock())
+        if self.rate_limits.limited(status, reply, data):
+            self._blocked_until = self._clock() + self.rate_limits.block_seconds(reply, self._clock())
             raise self._limited(self._blocked_until, f"the provider answered {status}")
         raise self._clean(error_for(self.source, status, data))
 
@@ -457,14 +324,14 @@ class ProviderClient:
     def _response(
         status: int, headers: CIMultiDictProxy[str], data: Any, url: str, not_modified: bool = False
     ) -> Response:
-        links, page = parse_link(headers.get("Link")), next_page(headers)
-        return Response(status, headers, data, not_modified=not_modified, links=links, next_page=page, url=url)
+        links = parse_link(headers.get("Link"))
+        return Response(status, headers, data, not_modified=not_modified, links=links, url=url)
 
     def _resolve(self, path_or_url: str) -> str:
         if "://" not in path_or_url:
             return f"{self.base_url}/{path_or_url.lstrip('/')}"
         if not same_origin(path_or_url, self.base_url):
-            # A Link or Location header pointing elsewhere must not receive the token.
+            # A Link or Location header pointing elsewhere must not receive the credentials.
             host = urlsplit(path_or_url).netloc
             raise ProviderError(
                 f"{self.source}: refusing to send the API token to {host}, not the configured API host",
@@ -477,7 +344,8 @@ class ProviderClient:
         now = self._clock()
         if self._blocked_until is not None and now < self._blocked_until:
             raise self._limited(self._blocked_until, "blocked after a rate-limit answer")
-        budget = self._budgets.get(resource_for(url, self.base_url))
+        path = urlsplit(url).path.removeprefix(urlsplit(self.base_url).path.rstrip("/"))
+        budget = self._budgets.get(self.rate_limits.resource(path))
         if budget is not None and budget.spent(self.headroom, now):
             reason = (
                 f"{budget.remaining} of {budget.limit} {budget.resource} requests left, "
@@ -509,7 +377,7 @@ class ProviderClient:
                 safe = method in IDEMPOTENT or status in POST_RETRY_STATUSES
             if not safe or attempt == self.max_retries:
                 break
-            delay = backoff_delay(attempt, self._rng)
+            delay = backoff(attempt, BACKOFF_BASE, BACKOFF_CAP, self._rng.random)
             log.debug("provider retry", source=self.source, method=method, last=self._scrub(last), delay=delay)
             await self._sleep(delay)
         tries = attempt + 1
@@ -528,9 +396,11 @@ class ProviderClient:
         """One request, following redirects only to the configured host (aiohttp would carry a
         custom auth header like PRIVATE-TOKEN to any host)."""
         for _ in range(MAX_REDIRECTS + 1):
-            await self._pace()
+            await self._pace(method)
+            credential = await self.auth.header()
+            sent = {**headers, credential[0]: credential[1]} if credential else headers
             async with self.session.request(
-                method, url, params=query or None, json=body, headers=headers, allow_redirects=False
+                method, url, params=query or None, json=body, headers=sent, allow_redirects=False, ssl=self._tls
             ) as resp:
                 raw = await resp.read()
                 status, reply, final_url = (
@@ -557,18 +427,17 @@ class ProviderClient:
                 method, body = "GET", None
         raise ProviderError(f"{self.source}: too many redirects", status=502, code="provider_error")
 
-    async def _pace(self) -> None:
-        """At most max_rps request starts per second: each start is one interval after the last."""
-        if not self._interval:
+    async def _pace(self, method: str) -> None:
+        """Wait for the moment the pacer gives this request: redirects and retries are requests too."""
+        if not self.pacer.active:
             return
         now = self._monotonic()
-        start = max(now, self._next_start)
-        self._next_start = start + self._interval
+        start = self.pacer.reserve(self._points(method), now)
         if start > now:
             await self._sleep(start - now)
 
     def _observe(self, headers: CIMultiDictProxy[str]) -> None:
-        budget = parse_budget(headers, self._clock())
+        budget = self.rate_limits.budget(headers, self._clock())
         if budget is None:
             return
         previous = self._budgets.get(budget.resource)
@@ -578,11 +447,13 @@ class ProviderClient:
         self._budgets[budget.resource] = budget
 
     def _scrub(self, text: str) -> str:
-        return text.replace(self._token, "[redacted]") if self._token else text
+        for secret in self.auth.secrets():
+            if secret:
+                text = text.replace(secret, "[redacted]")
+        return text
 
     def _clean(self, error: ProviderError) -> ProviderError:
-        """The provider's message is echoed in errors: make sure it cannot echo the token back."""
+        """The provider's message is echoed in errors: make sure it cannot echo a credential back."""
         text = str(error)
-        if self._token and self._token in text:
-            return ProviderError(self._scrub(text), status=error.status, code=error.code)
-        return error
+        scrubbed = self._scrub(text)
+        return error if scrubbed == text else ProviderError(scrubbed, status=error.status, code=error.code)

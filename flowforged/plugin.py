@@ -1,12 +1,15 @@
-"""Plugin interfaces and their discovery through entry points.
+"""The plugin contract (docs/plugins.md), and discovery through entry points.
 
 The core never imports a plugin by name: built-in providers and sinks register under the entry point
 groups `flowforged.providers` and `flowforged.sinks` exactly as a third-party package would.
 
-A provider has a pure half (verify, delivery id, decode, normalize) that does no I/O and is tested
-with real payloads, and a thin async half (make_client, poll, trigger, rerun, cancel) that does its HTTP
-through the ProviderClient the core gives it, and reads and records what it polled through a
-PollContext: it never touches the store itself.
+A provider has a pure half (`WebhookHalf`: verify, delivery id, event name, decode, normalize) that
+does no I/O and is tested with real payloads, and a thin remote half (`RemoteHalf`: a client built
+from its `RemoteAPI` declaration and `auth()`, poll targets, one poll of a target, trigger, re-run,
+cancel) that does its HTTP through the ProviderClient the core gives it, and reads and records what it
+polled through a PollContext: it never touches the store itself. What it can do is declared in its
+`Capabilities`; the contract test (flowforged/testkit.py) holds the declaration to the methods it
+overrides.
 """
 
 from __future__ import annotations
@@ -21,63 +24,101 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import msgspec
 
+from flowforged.capabilities import Capabilities
 from flowforged.config import SinkConfig, SourceConfig
+from flowforged.credentials import Auth, bearer, tls_context
 from flowforged.errors import NotJSON, ProviderError
+from flowforged.http import EtagStore, ProviderClient
 from flowforged.model import Event
+from flowforged.pagination import LinkHeader, Pagination
+from flowforged.ratelimits import RateLimits
 
 if TYPE_CHECKING:
     import aiohttp
 
-    from flowforged.http import EtagStore, ProviderClient
+__all__ = ["Capabilities", "Example", "PollContext", "Provider", "RemoteAPI", "Sink", "SinkContext"]
 
 Headers = Mapping[str, str]  # case-insensitive in practice (aiohttp's CIMultiDictProxy)
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Capabilities:
-    """What a provider's API can do for the control API. An option it cannot honour is refused with
-    422 naming it (flowforged.api.actions), never silently dropped."""
+@dataclasses.dataclass(frozen=True)
+class RemoteAPI:
+    """How a provider's API is reached: what `Provider.make_client()` builds the source's
+    ProviderClient from, so that a provider writes no client code. The credential comes from
+    `Provider.auth()`, the TLS options and pacing keys from the source's config."""
 
-    trigger: bool = False
-    inputs: bool = False  # what the pipeline declares it takes (workflow_dispatch inputs, spec:inputs, ...)
-    variables: bool = False  # CI/CD variables set for one run (GitLab variables, Buildkite env)
-    rerun: bool = False  # every job of a run again
-    rerun_failed: bool = False  # only its failed jobs
-    cancel: bool = False
-    force_cancel: bool = False
+    default_url: str | None = None  # None: the source must give `api_url` (a self-hosted server)
+    pagination: Pagination = dataclasses.field(default_factory=LinkHeader)
+    rate_limits: RateLimits = dataclasses.field(default_factory=RateLimits)  # which headers tell the budget
+    points_per_minute: float | None = None  # the per-minute limit paced to (90% of the documented one)
+    points: Callable[[str], int] | None = None  # what a request of a method costs of it (1 by default)
+    headers: Mapping[str, str] = dataclasses.field(default_factory=dict)  # sent with every request
 
-    def refusal(self, provider: str, action: str, options: Mapping[str, Any]) -> tuple[str, str] | None:
-        """(option, reason) for the first option of `action` this provider cannot honour (the action
-        itself when it has none of it), else None.
 
-        `options` are the request's: trigger (`inputs`, `variables`), rerun (`failed_only`, None when
-        not given), cancel (`force`)."""
-        if action == "trigger":
-            if not self.trigger:
-                return "trigger", f"{provider} sources cannot trigger runs"
-            for name in ("inputs", "variables"):
-                if options.get(name) and not getattr(self, name):
-                    return name, f"{provider} pipelines take no {name}" + (
-                        " (pass them as inputs)" if name == "variables" and self.inputs else ""
-                    )
-        elif action == "rerun":
-            failed_only = options.get("failed_only")
-            if failed_only is None and not (self.rerun or self.rerun_failed):
-                return "rerun", f"{provider} sources cannot re-run runs"
-            if failed_only is True and not self.rerun_failed:
-                return "failed_only", f"{provider} cannot re-run only the failed jobs of a run"
-            if failed_only is False and not self.rerun:
-                return "failed_only", f"{provider} can re-run only the failed jobs of a run, not all of them"
-        elif action == "cancel":
-            if not self.cancel:
-                return "cancel", f"{provider} sources cannot cancel runs"
-            if options.get("force") and not self.force_cancel:
-                return "force", f"{provider} has no forced cancel"
-        return None
+@dataclasses.dataclass(frozen=True)
+class Example:
+    """What the contract test checks a provider with (flowforged/testkit.py): a source's config (secrets
+    as plain strings), one delivery it accepts, and the provider's own signing helper."""
+
+    config: Mapping[str, Any]
+    event: str  # what event_name() says of the delivery
+    payload: Any  # a body normalize() turns into at least one run event
+    sign: Callable[[Mapping[str, Any], bytes, float], dict[str, str]]  # (config, body, now) -> request headers
+
+
+class WebhookHalf(Protocol):
+    """The pure half of a provider: no I/O, tested with real payloads."""
+
+    type: ClassVar[str]
+    capabilities: ClassVar[Capabilities]
+    config_model: ClassVar[type[SourceConfig]]
+    stored_headers: ClassVar[tuple[str, ...]]
+
+    def verify(self, headers: Headers, body: bytes, now: float) -> None: ...
+
+    def delivery_id(self, headers: Headers) -> str | None: ...
+
+    def event_name(self, headers: Headers, payload: Any) -> str: ...
+
+    def decode(self, headers: Headers, body: bytes) -> Any: ...
+
+    def normalize(self, event: str, payload: Any) -> list[Event]: ...
+
+
+class RemoteHalf(Protocol):
+    """The remote half of a provider: polling and operations, through the core's client."""
+
+    remote: ClassVar[RemoteAPI | None]
+
+    def auth(self, session: aiohttp.ClientSession) -> Auth: ...
+
+    def make_client(self, session: aiohttp.ClientSession, etags: EtagStore, **options: Any) -> ProviderClient: ...
+
+    async def poll(self, client: ProviderClient, ctx: PollContext) -> None: ...
+
+    async def poll_targets(self, client: ProviderClient, ctx: PollContext) -> list[str]: ...
+
+    async def poll_target(self, client: ProviderClient, ctx: PollContext, target: str) -> None: ...
+
+    async def trigger(
+        self,
+        client: ProviderClient,
+        pipeline: str,
+        ref: str,
+        inputs: Mapping[str, Any],
+        variables: Mapping[str, str] | None = None,
+    ) -> dict[str, Any] | None: ...
+
+    async def rerun(
+        self, client: ProviderClient, run: Mapping[str, Any], failed_only: bool | None
+    ) -> dict[str, Any] | None: ...
+
+    async def cancel(self, client: ProviderClient, run: Mapping[str, Any], force: bool) -> dict[str, Any] | None: ...
 
 
 class Provider(abc.ABC):
-    """One configured source of a provider type (`github`, `gitlab`, ...)."""
+    """One configured source of a provider type (`github`, `gitlab`, ...): a WebhookHalf and a
+    RemoteHalf. A webhook-only provider implements the five methods of the pure half and nothing else."""
 
     type: ClassVar[str]
     capabilities: ClassVar[Capabilities] = Capabilities()  # webhooks only, until a provider says more
@@ -85,10 +126,18 @@ class Provider(abc.ABC):
     # The request headers kept with a raw delivery: what normalize() and people need later. Never a
     # header that carries a secret (GitLab sends its token in X-Gitlab-Token).
     stored_headers: ClassVar[tuple[str, ...]] = ()
+    # How its API is reached; None: it has none (webhooks only), the poller skips it and the control
+    # API answers that operations are not supported.
+    remote: ClassVar[RemoteAPI | None] = None
 
     def __init__(self, name: str, config: SourceConfig):
         self.name = name
         self.config = config
+
+    @classmethod
+    def example(cls) -> Example:
+        """A config, a delivery and the signing helper, for the contract test every provider passes."""
+        raise NotImplementedError(f"{cls.__name__} gives no Example for the contract test")
 
     # --- pure half -----------------------------------------------------------------------------
     @abc.abstractmethod
@@ -112,22 +161,43 @@ class Provider(abc.ABC):
         """Run and job events in a payload; [] for events nobody cares about. May raise anything on
         a payload of an unexpected shape: the delivery is then stored raw with the error."""
 
-    # --- async half: the provider's API -------------------------------------------------------
-    # A provider without an API (webhooks only) leaves these as they are: the poller skips it and the
-    # control API answers that the operation is not supported.
+    # --- remote half: the provider's API ------------------------------------------------------
 
-    # The plugin's async half, a module with make_client(source, api_url, token, session, etags,
-    # **options) and targets(client, ctx, repos): what most providers need from the two methods below.
-    api: ClassVar[Any] = None
+    def api_url(self) -> str:
+        """The root of the API: the source's `api_url`, else the provider's default."""
+        url = self.config.api_url or (self.remote.default_url if self.remote else None)
+        if not url:
+            raise NotImplementedError(f"source {self.name} has no api_url")
+        return url
 
-    def make_client(self, session: aiohttp.ClientSession, etags: EtagStore, **options: Any) -> ProviderClient:
-        """A client for this source's API: base URL (`api_url` or the provider's default), auth header
-        from `token`, the provider's extra headers. `options` go to ProviderClient (clock, headroom)."""
-        if self.api is None:
-            raise NotImplementedError(f"{self.type} sources have no API client")
+    def auth(self, session: aiohttp.ClientSession) -> Auth:
+        """The credential of each request: `token` as a Bearer token by default. A provider whose
+        credential is renewed (an app's installation token) or read from a file returns its own
+        (flowforged/credentials.py); `session` is there to fetch one."""
         if self.config.token is None:
             raise NotImplementedError(f"source {self.name} has no API token")
-        return self.api.make_client(self.name, self.config.api_url, self.config.token.get(), session, etags, **options)
+        return bearer(self.config.token.get())
+
+    def make_client(self, session: aiohttp.ClientSession, etags: EtagStore, **options: Any) -> ProviderClient:
+        """The source's client, built from `remote`, `api_url()`, `auth()` and the source's TLS options.
+        `options` go to ProviderClient (clock, headroom, pacing) and win over the declaration."""
+        if self.remote is None:
+            raise NotImplementedError(f"{self.type} sources have no API client")
+        remote = self.remote
+        options.setdefault("points_per_minute", remote.points_per_minute)
+        options.setdefault("points", remote.points)
+        options["headers"] = {**remote.headers, **options.get("headers", {})}
+        return ProviderClient(
+            self.name,
+            self.api_url(),
+            self.auth(session),
+            session,
+            etags,
+            pagination=remote.pagination,
+            rate_limits=remote.rate_limits,
+            tls=tls_context(self.config.ca_bundle),
+            **options,
+        )
 
     async def poll(self, client: ProviderClient, ctx: PollContext) -> None:
         """One poll cycle: find what changed since the cursors in `ctx` and hand each run or job to
@@ -136,10 +206,9 @@ class Provider(abc.ABC):
         await ctx.each(targets, lambda target: self.poll_target(client, ctx, target))
 
     async def poll_targets(self, client: ProviderClient, ctx: PollContext) -> list[str]:
-        """What one cycle looks at (repositories, projects), with organizations and groups expanded."""
-        if self.api is None:
-            raise NotImplementedError(f"{self.type} sources cannot be polled")
-        return await self.api.targets(client, ctx, self.config.repos)
+        """What one cycle looks at: the source's `repos`, by default; a provider expands organizations
+        and groups here."""
+        return list(dict.fromkeys(self.config.repos))
 
     async def poll_target(self, client: ProviderClient, ctx: PollContext, target: str) -> None:
         raise NotImplementedError(f"{self.type} sources cannot be polled")
@@ -164,6 +233,7 @@ class Provider(abc.ABC):
         raise NotImplementedError(f"{self.type} sources cannot re-run runs")
 
     async def cancel(self, client: ProviderClient, run: Mapping[str, Any], force: bool) -> dict[str, Any] | None:
+        """Stop a run; with `force`, without the cleanup a plain cancel allows (only if capabilities say so)."""
         raise NotImplementedError(f"{self.type} sources cannot cancel runs")
 
 
@@ -225,8 +295,13 @@ class Notification:
 
 
 class Sink(abc.ABC):
+    """One configured sink: renders and delivers a notification."""
+
     type: ClassVar[str]
     config_model: ClassVar[type[SinkConfig]] = SinkConfig
+    # The least time between two sends to it, in seconds (Slack: one message a second per incoming
+    # webhook); the dispatcher paces each sink to it.
+    min_interval: ClassVar[float] = 0.0
 
     def __init__(self, name: str, config: SinkConfig):
         self.name = name
@@ -240,10 +315,12 @@ class Sink(abc.ABC):
 
 @dataclasses.dataclass
 class SinkContext:
-    """What the core lends a sink: its HTTP session (one per app) and a logger."""
+    """What the core lends a sink: its HTTP session (one per app), a logger, and where a chat sink keeps
+    the message ids of each breakage's thread (flowforged.store.threads.Threads)."""
 
     http: Any  # aiohttp.ClientSession
     log: Any
+    threads: Any = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

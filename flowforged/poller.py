@@ -7,7 +7,10 @@ nobody twice. The first cycle runs as soon as the daemon starts and looks back o
 `backfill` window, so runs that finished while the daemon was down are found.
 
 A cycle never sleeps waiting for a rate limit: when the budget is spent (or the provider answers
-429), the cycle ends there and the next one, after the reset, resumes from the cursors. Every source
+429), the cycle ends there and the next one, after the reset, resumes from the cursors. What it does
+wait for is its pace: the client holds each minute to the provider's per-minute limit, and a
+scheduled cycle spreads its targets over most of the interval, so that each target is asked about
+once an interval and the requests of a thousand repositories are not sent in one burst. Every source
 with an API token gets a client here, polled or not: the control API runs operations through
 `Poller.clients`, so that they share the source's rate-limit budget with its polling.
 """
@@ -44,6 +47,10 @@ OPEN_RUN_MAX_AGE = 7 * 86400.0
 ETAG_MAX_AGE = 30 * 86400.0  # an ETag not refreshed for this long is pruned at start
 MAX_ERRORS_SHOWN = 3
 FOLLOW_FOR = 86400.0  # a re-run is looked after for a day at most
+# A scheduled cycle starts its targets evenly over this share of the interval; the rest is room for
+# what changed targets cost, so that the cycle ends before the next one is due.
+SPREAD = 0.8
+PACING_KEYS = ("points_per_minute", "max_rps")
 TERMINAL = frozenset(status.value for status in Status if status.terminal)
 
 RequestListener = Callable[[str, str], None]  # (source, outcome): metrics' poll_request
@@ -82,8 +89,9 @@ class SourceState:
 class Context:
     """The PollContext of flowforged.plugin for one cycle of one source."""
 
-    def __init__(self, poller: Poller, provider: Provider, now: float, result: CycleResult):
+    def __init__(self, poller: Poller, provider: Provider, now: float, result: CycleResult, spread: float = 0.0):
         self.source = provider.name
+        self.spread = spread
         self.now = now
         self.since = now - provider.config.backfill
         self.memory = poller.memory.setdefault(provider.name, {})
@@ -117,11 +125,18 @@ class Context:
         return result
 
     async def each(self, targets: Sequence[str], poll: Callable[[str], Awaitable[None]]) -> None:
+        """Poll each target, `concurrency` at a time; with a spread, target i starts no sooner than
+        i/n of the way through it."""
         self._result.targets += len(targets)
-        queue = iter(targets)
+        self._poller.check_pace(self.source, len(targets))
+        queue = iter(enumerate(targets))
+        step = self.spread / len(targets) if targets else 0.0
+        clock, sleep = self._poller.clock, self._poller.sleep
 
         async def worker() -> None:
-            for target in queue:  # shared by the workers: each target is taken once
+            for n, target in queue:  # shared by the workers: each target is taken once
+                if step and (wait := self.now + n * step - clock()) > 0:
+                    await sleep(wait)
                 try:
                     await poll(target)
                 except (RateLimited, StoreUnavailable):
@@ -155,16 +170,19 @@ class Poller:
         session: aiohttp.ClientSession | None,
         *,
         clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
         concurrency: int = CONCURRENCY,
         client_options: Mapping[str, Any] | None = None,
     ):
-        """`clock` is wall time for cycles and the clients' rate-limit arithmetic; `client_options` go
-        to each ProviderClient (headroom, max_rps, ...)."""
+        """`clock` is wall time for cycles and the clients' rate-limit arithmetic, `sleep` spreads a
+        cycle's targets; `client_options` go to each ProviderClient (headroom, monotonic, ...) and win
+        over the source's pacing keys (points_per_minute, max_rps)."""
         self.store = store
         self.ingest = ingest
         self.providers = providers
         self.session = session
         self.clock = clock
+        self.sleep = sleep
         self.concurrency = concurrency
         self.client_options = dict(client_options or {})
         self.cursors = Cursors(store)
@@ -178,6 +196,7 @@ class Poller:
         self._locks: dict[str, asyncio.Lock] = collections.defaultdict(asyncio.Lock)
         self._cycles: set[asyncio.Task[Any]] = set()
         self._reported: dict[str, dict[str, int]] = {}
+        self._warned: dict[str, int] = {}  # source -> the number of targets its interval was too short for
         # Runs re-run through the control API, looked after until their new attempt has finished: a
         # re-run attempt keeps its run's place in the list, which may be far from the first page.
         self.following: dict[str, dict[str, dict[str, Any]]] = {}
@@ -206,7 +225,8 @@ class Poller:
         """Make the source's client and, when it polls, schedule its cycles, the first one now."""
         provider = self.providers[name]
         interval = provider.config.poll_interval
-        options = {"clock": self.clock, **self.client_options}
+        pacing = {key: getattr(provider.config, key, None) for key in PACING_KEYS}
+        options = {"clock": self.clock, **{k: v for k, v in pacing.items() if v is not None}, **self.client_options}
         try:
             self.clients[name] = provider.make_client(self.session, self.etags, **options)
         except NotImplementedError as exc:
@@ -236,7 +256,7 @@ class Poller:
         """Stop polling the source; `forget` also drops the re-runs it was looking after."""
         if self.scheduler.get_job(name) is not None:
             self.scheduler.remove_job(name)
-        tables: list[dict[str, Any]] = [self.clients, self._states, self.memory, self._reported]
+        tables: list[dict[str, Any]] = [self.clients, self._states, self.memory, self._reported, self._warned]
         for table in tables + ([self.following] if forget else []):
             table.pop(name, None)
 
@@ -274,8 +294,11 @@ class Poller:
         task = asyncio.current_task()
         if task is not None:
             self._cycles.add(task)
+        state = self._states.get(source)
+        # The first cycle (the backfill at start) is paced but not spread: missed runs are news.
+        spread = SPREAD * state.interval if state is not None and state.last is not None else 0.0
         try:
-            await self.poll_once(source)
+            await self.poll_once(source, spread=spread)
         except asyncio.CancelledError:
             # The scheduler is shutting down: the job ends quietly, its committed work stands.
             log.info("poll cycle interrupted by shutdown", source=source)
@@ -283,9 +306,10 @@ class Poller:
             if task is not None:
                 self._cycles.discard(task)
 
-    async def poll_once(self, source: str) -> CycleResult:
-        """One cycle of one source, now (after the one in flight, if any). Never raises for what the
-        provider answers: errors end up in the result and in status()."""
+    async def poll_once(self, source: str, *, spread: float = 0.0) -> CycleResult:
+        """One cycle of one source, now (after the one in flight, if any), its targets started evenly
+        over `spread` seconds. Never raises for what the provider answers: errors end up in the result
+        and in status()."""
         provider = self.providers[source]
         client = self.clients.get(source)
         if client is None:
@@ -298,7 +322,7 @@ class Poller:
             state.last_poll_at = now
             started = time.perf_counter()
             try:
-                await provider.poll(client, Context(self, provider, now, result))
+                await provider.poll(client, Context(self, provider, now, result, spread))
                 await self._unfollow(source, now)
             except RateLimited as exc:
                 result.rate_limited = str(exc)
@@ -313,6 +337,30 @@ class Poller:
                 self.report(source)
             self._record(state, result)
             return result
+
+    def check_pace(self, source: str, targets: int) -> None:
+        """Warn, naming the key, when the source's interval is too short for a quiet cycle over its
+        targets at its pace (one request each, the least a cycle costs): cycles then run back to back,
+        each target asked about less often than poll_interval says."""
+        state, client = self._states.get(source), self.clients.get(source)
+        if state is None or client is None or state.interval <= 0 or self._warned.get(source) == targets:
+            return
+        needed = client.pacer.seconds_for(targets)
+        if needed <= state.interval * SPREAD:
+            self._warned.pop(source, None)
+            return
+        self._warned[source] = targets
+        rate = client.pacer.points_per_second() or 0.0
+        log.warning(
+            "poll_interval too short for the targets at the source's pace: cycles will run back to back",
+            source=source,
+            key=f"sources.{source}.poll_interval",
+            poll_interval=state.interval,
+            targets=targets,
+            requests_per_minute=round(rate * 60),
+            cycle_seconds=round(needed),
+            suggested=f"{needed / SPREAD:.0f}s or more, or a higher sources.{source}.points_per_minute if allowed",
+        )
 
     def follow(self, source: str, run: Mapping[str, Any]) -> None:
         """Look after `run` (a row of `runs`) until an attempt after its own has finished."""

@@ -26,26 +26,16 @@ from hypothesis import strategies as st
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from flowforged import logs
+from flowforged.backoff import backoff
 from flowforged.errors import ProviderError, RateLimited
-from flowforged.http import (
-    Budget,
-    MemoryEtags,
-    ProviderClient,
-    backoff_delay,
-    block_seconds,
-    cache_key,
-    error_for,
-    is_rate_limited,
-    parse_budget,
-    parse_link,
-    query_items,
-    resource_for,
-    retry_after,
-    same_origin,
-)
+from flowforged.http import MemoryEtags, ProviderClient, cache_key, error_for, query_items, same_origin
 from flowforged.model import Status
+from flowforged.pagination import parse_link
+from flowforged.ratelimits import Budget, retry_after
 from flowforged_plugins.github import normalize_run
+from flowforged_plugins.github import remote as github_remote
 from flowforged_plugins.gitlab import normalize_pipeline
+from flowforged_plugins.gitlab import remote as gitlab_remote
 from flowforged_plugins.gitlab import sign as gitlab_sign
 from tests.fakes.github_api import FakeGitHub, etag_matches
 from tests.fakes.gitlab_api import FakeGitLab
@@ -74,8 +64,8 @@ class Clock:
 class Ceiling(random.Random):
     """A jitter source that always draws the top of the range: the backoff caps themselves."""
 
-    def uniform(self, a: float, b: float) -> float:
-        return b
+    def random(self) -> float:
+        return 1.0
 
 
 # --- pure half ---------------------------------------------------------------------------------
@@ -115,12 +105,14 @@ def test_github_rate_limit_headers() -> None:
         "X-RateLimit-Reset": "1800000600",
         "X-RateLimit-Resource": "core",
     }
+    parse_budget = github_remote.REMOTE.rate_limits.budget
     assert parse_budget(headers, NOW) == Budget(5000, 4987, 1800000600.0, "core")
     search = {**headers, "X-RateLimit-Limit": "30", "X-RateLimit-Resource": "search"}
     assert parse_budget(search, NOW).resource == "search"
 
 
 def test_gitlab_rate_limit_headers() -> None:
+    parse_budget = gitlab_remote.REMOTE.rate_limits.budget
     headers = {"RateLimit-Limit": "2000", "RateLimit-Remaining": "1990", "RateLimit-Reset": "1800000060"}
     assert parse_budget(headers, NOW) == Budget(2000, 1990, 1800000060.0)
     observed_only = {"RateLimit-Limit": "600", "RateLimit-Observed": "598", "RateLimit-Reset": "1800000060"}
@@ -165,10 +157,11 @@ def test_retry_after_in_seconds_or_as_a_date() -> None:
 def test_rate_limit_answers_are_told_from_permission_errors(
     status: int, headers: dict[str, str], data: Any, limited: bool
 ) -> None:
-    assert is_rate_limited(status, headers, data) is limited
+    assert github_remote.GitHubRateLimits().limited(status, headers, data) is limited
 
 
 def test_block_time_prefers_retry_after_then_the_reset_then_a_minute() -> None:
+    block_seconds = github_remote.GitHubRateLimits().block_seconds
     reset = {"x-ratelimit-remaining": "0", "x-ratelimit-reset": str(int(NOW) + 900)}
     assert block_seconds({**reset, "Retry-After": "5"}, NOW) == 5
     assert block_seconds(reset, NOW) == 900
@@ -218,8 +211,9 @@ def test_same_origin_and_resources() -> None:
     assert not same_origin("https://evil.test/api/v3/repos", "https://ghe.test/api/v3")
     assert not same_origin("http://ghe.test/api/v3/repos", "https://ghe.test/api/v3")  # no downgrade
     assert not same_origin("https://ghe.test:8443/repos", "https://ghe.test")
-    assert resource_for("https://ghe.test/api/v3/search/issues", "https://ghe.test/api/v3") == "search"
-    assert resource_for("https://ghe.test/api/v3/repos/o/r", "https://ghe.test/api/v3") == "core"
+    resource_for = github_remote.GitHubRateLimits().resource  # the path below the API's root
+    assert resource_for("/search/issues") == "search" and resource_for("/graphql") == "graphql"
+    assert resource_for("/repos/o/r") == "core"
 
 
 def test_budget_keeps_headroom_but_never_most_of_a_small_limit() -> None:
@@ -232,7 +226,7 @@ def test_budget_keeps_headroom_but_never_most_of_a_small_limit() -> None:
 
 @given(attempt=st.integers(min_value=0, max_value=40), seed=st.integers())
 def test_backoff_is_full_jitter_under_a_cap(attempt: int, seed: int) -> None:
-    delay = backoff_delay(attempt, random.Random(seed))
+    delay = backoff(attempt, 1.0, 60.0, random.Random(seed).random)
     assert 0 <= delay <= min(60.0, 2.0**attempt)
 
 
@@ -266,6 +260,7 @@ async def gh(aiohttp_server: Any, session: aiohttp.ClientSession, clock: Clock) 
 
     def client(**kwargs: Any) -> ProviderClient:
         kwargs.setdefault("rng", random.Random(7))
+        kwargs.setdefault("rate_limits", github_remote.REMOTE.rate_limits)
         return ProviderClient(
             "github",
             base,
@@ -291,6 +286,8 @@ async def gl(aiohttp_server: Any, session: aiohttp.ClientSession, clock: Clock) 
         str(server.make_url("/api/v4")),
         ("PRIVATE-TOKEN", GL_TOKEN),
         session,
+        pagination=gitlab_remote.REMOTE.pagination,
+        rate_limits=gitlab_remote.REMOTE.rate_limits,
         clock=clock,
         monotonic=clock,
         sleep=clock.sleep,
@@ -571,6 +568,23 @@ async def test_max_rps_spaces_request_starts(gh: SimpleNamespace) -> None:
     assert sum(gh.clock.sleeps) == pytest.approx(2.0)
 
 
+async def test_points_per_minute_holds_every_minute_with_writes_weighing_five(gh: SimpleNamespace) -> None:
+    # GitHub's secondary limit counts points: a GET 1, a POST 5; the fake refuses (403) past 30 a minute.
+    gh.fake.clock, gh.fake.per_minute = gh.clock, 30
+    gh.fake.add_workflow(REPO)
+    client = gh.client(points_per_minute=30, points=github_remote.points)
+    dispatch = f"/repos/{REPO}/actions/workflows/ci.yml/dispatches"
+    for n in range(40):
+        if n % 4 == 0:
+            await client.request("POST", dispatch, json={"ref": "main"})
+        else:
+            await client.get(RUNS)
+    assert [r.status for r in gh.fake.requests if r.status not in (200, 204)] == []
+    assert gh.fake.max_points_per_minute() <= 30
+    # 80 points (10 POSTs, 30 GETs): 30 in the first minute, the other 50 at 30 a minute after it.
+    assert gh.fake.requests[-1].at - gh.fake.requests[0].at >= 60 * (80 - 30) / 30
+
+
 async def test_provider_errors(gh: SimpleNamespace) -> None:
     client = gh.client()
     with pytest.raises(ProviderError) as missing:
@@ -655,7 +669,7 @@ async def test_gitlab_path_ids_rate_headers_and_pages(gl: SimpleNamespace) -> No
     path = "/projects/group%2Fsub%2Fproject/pipelines"
     pages = [p async for p in client.pages(path, params={"per_page": 20, "order_by": "updated_at"})]
     assert [len(p.data) for p in pages] == [20, 20, 5]
-    assert [p.next_page for p in pages] == [2, 3, None]
+    assert [p.headers["x-next-page"] for p in pages] == ["2", "3", ""]
     assert pages[0].headers["x-total"] == "45"
     assert client.stats.budget_remaining == gl.fake.remaining == 2000 - 3
     assert gl.fake.requests[0].path == "/api/v4/projects/group%2Fsub%2Fproject/pipelines"
@@ -848,7 +862,7 @@ async def test_fake_gitlab_group_projects(gl: SimpleNamespace) -> None:
     direct = (await gl.client.get("/groups/top/projects")).data
     nested = await gl.client.get("/groups/top/projects", params={"include_subgroups": True, "per_page": 2})
     assert {p["path_with_namespace"] for p in direct} == {"top/a", "top/b"}
-    assert nested.headers["x-total"] == "3" and nested.next_page == 2
+    assert nested.headers["x-total"] == "3" and nested.headers["x-next-page"] == "2"
 
 
 async def test_fake_gitlab_webhook(aiohttp_server: Any, session: aiohttp.ClientSession) -> None:

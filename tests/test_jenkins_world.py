@@ -12,6 +12,7 @@ from typing import Any
 
 from flowforged import app as app_module
 from flowforged.poller import POLLER
+from flowforged.store import reads
 from tests.conftest import API_TOKEN, base_config, make_config, reindex_all
 from tests.fakes.jenkins_api import CRUMB_FIELD, SESSION_COOKIE, FakeJenkins
 from tests.fakes.slack import FakeSlack
@@ -355,8 +356,9 @@ async def test_a_notification_without_a_timestamp_is_dated_when_received(aiohttp
         before = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         assert (await fake.send_notification(client.session, hook, payload, password=SECRET)).status == 202
         after = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 1))
-        [event] = query(db_path, "SELECT data FROM events ORDER BY id DESC LIMIT 1")
-        data = json.loads(event["data"])
+        with sqlite3.connect(db_path) as conn:  # the event whole, as readers see it
+            conn.row_factory = sqlite3.Row
+            [data] = reads.events(conn, limit=1)
         assert before <= data["updated_at"] <= after, phase
         assert "" not in [v for k, v in data.items() if k.endswith("_at")]
     [run] = query(db_path, "SELECT created_at, started_at, updated_at FROM runs")

@@ -27,7 +27,7 @@ from flowforged.ingest import Ingest
 from flowforged.operations import ProviderOperations
 from flowforged.poller import POLLER, Poller
 from flowforged.store import Store
-from flowforged_plugins.github import api as github_api
+from flowforged_plugins.github import remote as github_remote
 from tests.conftest import GH_TOKEN, GITHUB_SECRET, GITLAB_TOKEN, GL_TOKEN, base_config, make_config, reindex_all
 from tests.fakes.github_api import FakeGitHub
 
@@ -276,7 +276,7 @@ async def test_a_page_read_but_never_ingested_is_read_again(start, github, db_pa
     await daemon.first_cycle("github")
     failed = completed(github, "main", "failure", created=60)
     client = daemon.poller.clients["github"]
-    params = {"per_page": github_api.PAGE, "exclude_pull_requests": True}
+    params = {"per_page": github_remote.PAGE, "exclude_pull_requests": True}
     assert (await client.get(f"/repos/{REPO}/actions/runs", params=params, conditional=True)).status == 200
     github.requests.clear()
     cycle = await daemon.poller.poll_once("github")

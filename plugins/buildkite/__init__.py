@@ -1,6 +1,6 @@
 """Buildkite Pipelines: build and job webhooks, and builds read from the REST API.
 
-This module is the pure half; `api` holds the async half (polling, create build, rebuild, retry of
+This module is the pure half; `remote` holds the remote half (polling, create build, rebuild, retry of
 failed jobs, cancel), which BuildkiteProvider delegates to. Webhooks arrive as `build.*` and `job.*`
 events (https://buildkite.com/docs/apis/webhooks/pipelines/build-events, .../job-events); polled REST
 builds are ingested under the event names `api:build` ({"build", "pipeline"}) and `api:job`
@@ -23,9 +23,9 @@ from flowforged.config import SourceConfig
 from flowforged.errors import WebhookRejected
 from flowforged.http import ProviderClient
 from flowforged.model import Event, JobEvent, RunEvent, Status, parse_time
-from flowforged.plugin import Capabilities, Headers, PollContext, Provider
-from flowforged.signatures import check_timestamped, same_secret
-from flowforged_plugins.buildkite import api
+from flowforged.plugin import Capabilities, Example, Headers, PollContext, Provider
+from flowforged.signatures import check_timestamped, same_secret, signature_header
+from flowforged_plugins.buildkite import remote
 
 # https://buildkite.com/docs/apis/rest-api/builds (build data model) and
 # https://buildkite.com/docs/pipelines/configure/notify#build-states
@@ -181,17 +181,40 @@ def normalize_job(
     )
 
 
+# A build.finished delivery cut to what normalize() reads
+# (https://buildkite.com/docs/apis/webhooks/pipelines/build-events).
+EXAMPLE_PAYLOAD: dict[str, Any] = {
+    "event": "build.finished",
+    "build": {
+        "id": "f62a1b4d-10f9-4790-bc1c-e2c3a0c80983",
+        "url": "https://api.buildkite.com/v2/organizations/acme/pipelines/web/builds/42",
+        "web_url": "https://buildkite.com/acme/web/builds/42",
+        "number": 42,
+        "state": "failed",
+        "branch": "main",
+        "commit": "a65572555600c07c7ee79a3a2c5b7b2a5a1e9c0d",
+        "message": "Fix the build",
+        "source": "webhook",
+        "author": {"name": "Keith Pitt"},
+        "created_at": "2026-01-05T10:00:00.000Z",
+        "started_at": "2026-01-05T10:00:05.000Z",
+        "finished_at": "2026-01-05T10:04:00.000Z",
+    },
+    "pipeline": {"slug": "web", "name": "Web", "repository": "git@github.com:acme/web.git", "default_branch": "main"},
+}
+
+
 class BuildkiteSourceConfig(SourceConfig):
     repos_hint = "what to poll (org/pipeline, or org/* for every pipeline)"
 
     def check_repos(self) -> None:
-        api.parse_repos(self.repos)
+        remote.parse_repos(self.repos)
 
 
 class BuildkiteProvider(Provider):
     type = "buildkite"
     capabilities = Capabilities(trigger=True, inputs=True, variables=True, rerun=True, rerun_failed=True, cancel=True)
-    api = api
+    remote = remote.REMOTE
     config_model = BuildkiteSourceConfig
     # Never X-Buildkite-Token: it is the secret itself.
     stored_headers = ("X-Buildkite-Event", "X-Buildkite-Signature", "Content-Type", "User-Agent")
@@ -224,19 +247,31 @@ class BuildkiteProvider(Provider):
         return event if isinstance(event, str) else "unknown"
 
     def normalize(self, event: str, payload: Any) -> list[Event]:
-        if event.startswith("build.") or event == api.BUILD_EVENT:
+        if event.startswith("build.") or event == remote.BUILD_EVENT:
             return [normalize_build(self.name, payload["build"], payload.get("pipeline"))]
-        if event.startswith("job.") or event == api.JOB_EVENT:
+        if event.startswith("job.") or event == remote.JOB_EVENT:
             job = normalize_job(self.name, payload["job"], payload["build"], payload.get("pipeline"))
             return [job] if job is not None else []
         return []  # ping, agent.*, ...
 
-    # --- async half (api.py) -----------------------------------------------------------------------
+    @classmethod
+    def example(cls) -> Example:
+        return Example(
+            config={"type": "buildkite", "webhook_secret": "example-token"},
+            event="build.finished",
+            payload=EXAMPLE_PAYLOAD,
+            sign=lambda config, body, now: {
+                "X-Buildkite-Event": "build.finished",
+                "X-Buildkite-Signature": signature_header(config["webhook_secret"], int(now), body),
+            },
+        )
+
+    # --- remote half (remote.py) -------------------------------------------------------------------
     async def poll_targets(self, client: ProviderClient, ctx: PollContext) -> list[str]:
-        return api.targets(self.config.repos)
+        return remote.targets(self.config.repos)
 
     async def poll_target(self, client: ProviderClient, ctx: PollContext, target: str) -> None:
-        await api.poll_target(self, client, ctx, target)
+        await remote.poll_target(self, client, ctx, target)
 
     async def trigger(
         self,
@@ -246,10 +281,10 @@ class BuildkiteProvider(Provider):
         inputs: Mapping[str, Any],
         variables: Mapping[str, str] | None = None,
     ) -> dict[str, Any] | None:
-        return await api.trigger(self.name, client, pipeline, ref, inputs, variables)
+        return await remote.trigger(self.name, client, pipeline, ref, inputs, variables)
 
     async def rerun(self, client: ProviderClient, run: Mapping[str, Any], failed_only: bool) -> dict[str, Any] | None:
-        return await api.rerun(self.name, client, run, failed_only)
+        return await remote.rerun(self.name, client, run, failed_only)
 
     async def cancel(self, client: ProviderClient, run: Mapping[str, Any], force: bool) -> dict[str, Any] | None:
-        return await api.cancel(self.name, client, run)
+        return await remote.cancel(self.name, client, run)

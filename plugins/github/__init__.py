@@ -1,21 +1,29 @@
 """GitHub Actions: webhooks (workflow_run, workflow_job) and the REST API (polling and operations).
 
-This module is the pure half; `api` holds the async half, which GitHubProvider delegates to.
+This module is the pure half; `remote` holds the remote half (the REST API), which GitHubProvider
+delegates to.
 """
 
 from __future__ import annotations
 
 import hmac
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
-from flowforged.config import SourceConfig
+import pydantic
+from pydantic import Field
+
+from flowforged.config import SecretValue, SourceConfig
+from flowforged.credentials import Auth
 from flowforged.errors import NotJSON, ProviderError, WebhookRejected
 from flowforged.http import ProviderClient
 from flowforged.model import PULL_REQUEST_TRIGGERS, Event, JobEvent, RunEvent, Status, parse_time
-from flowforged.plugin import Capabilities, Headers, PollContext, Provider, decode_json
-from flowforged_plugins.github import api
+from flowforged.plugin import Capabilities, Example, Headers, PollContext, Provider, decode_json
+from flowforged_plugins.github import app, remote
+
+if TYPE_CHECKING:
+    import aiohttp
 
 # https://docs.github.com/en/rest/actions/workflow-runs: status and conclusion values.
 _STATUS = {
@@ -127,11 +135,59 @@ def normalize_job(source: str, job: dict[str, Any], repository: dict[str, Any] |
     )
 
 
+# A workflow_run delivery cut to what normalize() reads (the full one: tests/fixtures/github/).
+EXAMPLE_PAYLOAD: dict[str, Any] = {
+    "action": "completed",
+    "workflow_run": {
+        "id": 30433642,
+        "name": "CI",
+        "path": ".github/workflows/ci.yml",
+        "head_branch": "main",
+        "head_sha": "acb5820ced9479c074f688cc328bf03f341a511d",
+        "event": "push",
+        "status": "completed",
+        "conclusion": "failure",
+        "run_attempt": 1,
+        "run_number": 562,
+        "html_url": "https://github.com/octo-org/octo-repo/actions/runs/30433642",
+        "created_at": "2026-01-05T10:00:00Z",
+        "updated_at": "2026-01-05T10:04:00Z",
+        "run_started_at": "2026-01-05T10:00:05Z",
+        "head_commit": {"message": "Fix the build", "author": {"name": "Mona Lisa"}},
+    },
+    "repository": {"full_name": "octo-org/octo-repo", "default_branch": "main"},
+}
+
+
 class GitHubSourceConfig(SourceConfig):
-    repos_hint = "the repositories to poll (owner/repo, owner/* or org:NAME)"
+    repos_hint = "the repositories to poll (owner/repo, owner/*, org:NAME, or installation for a GitHub App)"
+    # A GitHub App instead of `token` (app.py): its id (or client id), its private key (PEM), and the
+    # installation, named or looked up from the organization `repos` names.
+    app_id: int | str | None = None
+    private_key: SecretValue | None = None
+    installation_id: int | None = Field(default=None, gt=0)
+
+    @pydantic.field_validator("repos", mode="before")
+    @classmethod
+    def _installation(cls, value: Any) -> Any:
+        return [value] if value == remote.INSTALLATION else value  # `repos: installation`, without a list
+
+    @property
+    def is_app(self) -> bool:
+        return self.app_id is not None or self.private_key is not None
 
     def check_repos(self) -> None:
-        api.parse_repos(self.repos)
+        remote.parse_repos(self.repos)
+
+    def problems(self) -> list[tuple[str, str]]:
+        found = super().problems()
+        if self.is_app:  # the App's token stands for `token`
+            return [p for p in found if p[0] != "token"] + app.config_problems(self)
+        if remote.INSTALLATION in self.repos:
+            found.append(("repos", "installation: only a GitHub App (app_id, private_key) has an installation"))
+        if self.installation_id is not None:
+            found.append(("installation_id", "only for a GitHub App: give app_id and private_key too"))
+        return found
 
 
 class GitHubProvider(Provider):
@@ -139,7 +195,7 @@ class GitHubProvider(Provider):
     capabilities = Capabilities(
         trigger=True, inputs=True, rerun=True, rerun_failed=True, cancel=True, force_cancel=True
     )
-    api = api
+    remote = remote.REMOTE
     config_model = GitHubSourceConfig
     stored_headers = ("X-GitHub-Event", "X-GitHub-Delivery", "X-GitHub-Hook-ID", "Content-Type", "User-Agent")
 
@@ -175,6 +231,8 @@ class GitHubProvider(Provider):
         return decode_json(body)
 
     def normalize(self, event: str, payload: Any) -> list[Event]:
+        if self.config.is_app and app.delivered_elsewhere(self.config, payload):
+            return []
         if event == "workflow_run":
             return [normalize_run(self.name, payload["workflow_run"], payload.get("repository"))]
         if event == "workflow_job":
@@ -182,9 +240,36 @@ class GitHubProvider(Provider):
             return [job]
         return []
 
-    # --- async half (api.py) -----------------------------------------------------------------------
+    @classmethod
+    def example(cls) -> Example:
+        return Example(
+            config={"type": "github", "webhook_secret": "example-secret"},
+            event="workflow_run",
+            payload=EXAMPLE_PAYLOAD,
+            sign=lambda config, body, now: {
+                "X-GitHub-Event": "workflow_run",
+                "X-GitHub-Delivery": "72d3162e-cc78-11e3-81ab-4c9367dc0958",
+                "X-Hub-Signature-256": sign(config["webhook_secret"], body),
+            },
+        )
+
+    # --- remote half (remote.py; a GitHub App's credentials in app.py) -------------------------------
+    def auth(self, session: aiohttp.ClientSession) -> Auth:
+        if self.config.is_app:
+            return app.installation_auth(self, session)
+        return super().auth(session)
+
+    async def poll_targets(self, client: ProviderClient, ctx: PollContext) -> list[str]:
+        found = await remote.targets(client, ctx, self.config.repos)
+        if remote.INSTALLATION in self.config.repos:
+            try:
+                found = await app.installation_repos(client, ctx) + found
+            except ProviderError as exc:
+                ctx.error(remote.INSTALLATION, exc)
+        return list(dict.fromkeys(found))
+
     async def poll_target(self, client: ProviderClient, ctx: PollContext, target: str) -> None:
-        await api.poll_repo(self, client, ctx, target)
+        await remote.poll_repo(self, client, ctx, target)
 
     async def trigger(
         self,
@@ -198,12 +283,12 @@ class GitHubProvider(Provider):
             raise ProviderError(
                 f"{self.name}: a GitHub workflow takes inputs, not variables", status=400, code="bad_request"
             )
-        return await api.trigger(self.name, client, pipeline, ref, inputs)
+        return await remote.trigger(self.name, client, pipeline, ref, inputs)
 
     async def rerun(self, client: ProviderClient, run: Mapping[str, Any], failed_only: bool) -> dict[str, Any] | None:
-        await api.rerun(self.name, client, run, failed_only)
+        await remote.rerun(self.name, client, run, failed_only)
         return None
 
     async def cancel(self, client: ProviderClient, run: Mapping[str, Any], force: bool) -> dict[str, Any] | None:
-        await api.cancel(self.name, client, run, force)
+        await remote.cancel(self.name, client, run, force)
         return None

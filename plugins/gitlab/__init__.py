@@ -1,6 +1,6 @@
 """GitLab CI: Pipeline Hook and Job Hook webhooks, and pipelines and jobs read from the REST API.
 
-This module is the pure half; `api` holds the async half (polling, create/retry/cancel pipeline),
+This module is the pure half; `remote` holds the remote half (polling, create/retry/cancel pipeline),
 which GitLabProvider delegates to. Polled REST objects are ingested under the event names
 `api:pipeline` ({"project", "pipeline", "commit"?}) and `api:job` ({"project", "job"}), normalized so
 that a state a webhook already told has the same key and is stored once.
@@ -17,12 +17,15 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
+import aiohttp
+
 from flowforged.config import SecretValue, SourceConfig
+from flowforged.credentials import Auth, header_token
 from flowforged.errors import WebhookRejected
 from flowforged.http import ProviderClient
 from flowforged.model import Event, JobEvent, RunEvent, Status, parse_time
-from flowforged.plugin import Capabilities, Headers, PollContext, Provider
-from flowforged_plugins.gitlab import api
+from flowforged.plugin import Capabilities, Example, Headers, PollContext, Provider
+from flowforged_plugins.gitlab import remote
 
 # https://docs.gitlab.com/ee/api/pipelines.html: pipeline and job status values.
 _STATUS = {
@@ -59,7 +62,7 @@ class GitLabSourceConfig(SourceConfig):
         return found + self.polling_problems()
 
     def check_repos(self) -> None:
-        api.parse_projects(self.repos)
+        remote.parse_projects(self.repos)
 
     @property
     def authenticated(self) -> bool:
@@ -245,10 +248,31 @@ def normalize_api_job(source: str, payload: dict[str, Any]) -> JobEvent:
     )
 
 
+# A Pipeline Hook cut to what normalize() reads (the full one: tests/fixtures/gitlab/).
+EXAMPLE_PAYLOAD: dict[str, Any] = {
+    "object_kind": "pipeline",
+    "object_attributes": {
+        "id": 31,
+        "iid": 3,
+        "ref": "main",
+        "tag": False,
+        "sha": "bcbb5ec396a2c0f828686f14fac9b80b780504f2",
+        "status": "failed",
+        "source": "push",
+        "created_at": "2026-01-05 10:00:00 UTC",
+        "finished_at": "2026-01-05 10:04:00 UTC",
+        "duration": 240,
+        "queued_duration": 3,
+    },
+    "project": {"path_with_namespace": "group/project", "web_url": "https://gitlab.example.com/group/project"},
+    "commit": {"message": "Fix the build", "author": {"name": "Administrator"}},
+}
+
+
 class GitLabProvider(Provider):
     type = "gitlab"
     capabilities = Capabilities(trigger=True, inputs=True, variables=True, rerun_failed=True, cancel=True)
-    api = api
+    remote = remote.REMOTE
     config_model = GitLabSourceConfig
     stored_headers = (
         "X-Gitlab-Event",
@@ -305,15 +329,40 @@ class GitLabProvider(Provider):
             return [normalize_pipeline(self.name, payload)]
         if event == "Job Hook":
             return [normalize_job(self.name, payload)]
-        if event == api.PIPELINE_EVENT:
+        if event == remote.PIPELINE_EVENT:
             return [normalize_api_pipeline(self.name, payload)]
-        if event == api.JOB_EVENT:
+        if event == remote.JOB_EVENT:
             return [normalize_api_job(self.name, payload)]
         return []
 
-    # --- async half (api.py) -----------------------------------------------------------------------
+    @classmethod
+    def example(cls) -> Example:
+        return Example(
+            config={"type": "gitlab", "webhook_secret": "example-token"},
+            event="Pipeline Hook",
+            payload=EXAMPLE_PAYLOAD,
+            sign=lambda config, body, now: {
+                "X-Gitlab-Event": "Pipeline Hook",
+                "X-Gitlab-Event-UUID": "13792a34-cac6-4fda-95a8-c58e00a3954e",
+                "X-Gitlab-Token": config["webhook_secret"],
+            },
+        )
+
+    # --- remote half (remote.py) -------------------------------------------------------------------
+    def api_url(self) -> str:
+        return remote.base_url(self.config.api_url)
+
+    def auth(self, session: aiohttp.ClientSession) -> Auth:
+        # https://docs.gitlab.com/ee/api/rest/authentication.html#personalprojectgroup-access-tokens
+        if self.config.token is None:
+            raise NotImplementedError(f"source {self.name} has no API token")
+        return header_token("PRIVATE-TOKEN", self.config.token.get())
+
+    async def poll_targets(self, client: ProviderClient, ctx: PollContext) -> list[str]:
+        return await remote.targets(client, ctx, self.config.repos)
+
     async def poll_target(self, client: ProviderClient, ctx: PollContext, target: str) -> None:
-        await api.poll_project(self, client, ctx, target)
+        await remote.poll_project(self, client, ctx, target)
 
     async def trigger(
         self,
@@ -323,10 +372,10 @@ class GitLabProvider(Provider):
         inputs: Mapping[str, Any],
         variables: Mapping[str, str] | None = None,
     ) -> dict[str, Any] | None:
-        return await api.trigger(self.name, client, pipeline, ref, inputs, variables)
+        return await remote.trigger(self.name, client, pipeline, ref, inputs, variables)
 
     async def rerun(self, client: ProviderClient, run: Mapping[str, Any], failed_only: bool) -> dict[str, Any] | None:
-        return await api.retry(self.name, client, run)
+        return await remote.retry(self.name, client, run)
 
     async def cancel(self, client: ProviderClient, run: Mapping[str, Any], force: bool) -> dict[str, Any] | None:
-        return await api.cancel(self.name, client, run)
+        return await remote.cancel(self.name, client, run)

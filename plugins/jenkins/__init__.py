@@ -1,6 +1,6 @@
 """Jenkins: Notification plugin webhooks, and builds read from the JSON API.
 
-This module is the pure half; `api` holds the async half (polling jobs inside folders and multibranch
+This module is the pure half; `remote` holds the remote half (polling jobs inside folders and multibranch
 projects, trigger with parameters, re-run, stop), which JenkinsProvider delegates to.
 
 Webhooks come from the Notification plugin (https://plugins.jenkins.io/notification/), one per phase
@@ -32,12 +32,13 @@ from urllib.parse import unquote, urlsplit
 import aiohttp
 
 from flowforged.config import SourceConfig
+from flowforged.credentials import Auth, basic
 from flowforged.errors import WebhookRejected
-from flowforged.http import EtagStore, ProviderClient
+from flowforged.http import ProviderClient
 from flowforged.model import Event, RunEvent, Status, parse_time
-from flowforged.plugin import Capabilities, Headers, PollContext, Provider
-from flowforged.signatures import check_timestamped, same_secret
-from flowforged_plugins.jenkins import api
+from flowforged.plugin import Capabilities, Example, Headers, PollContext, Provider
+from flowforged.signatures import check_timestamped, same_secret, signature_header
+from flowforged_plugins.jenkins import remote
 
 # https://javadoc.jenkins.io/hudson/model/Result.html
 _RESULT = {
@@ -183,7 +184,7 @@ def _parameter_branch(parameters: Mapping[str, Any]) -> str | None:
 
 def _trigger(build: Mapping[str, Any]) -> tuple[str | None, str | None]:
     """How the build was started and by whom (CauseAction)."""
-    for causes in api.actions(build, "causes"):
+    for causes in remote.actions(build, "causes"):
         for cause in causes or []:
             kind = str(cause.get("_class") or "").rsplit("$", 1)[-1].rsplit(".", 1)[-1]
             return _CAUSES.get(kind, kind or None), cause.get("userName")
@@ -203,13 +204,13 @@ def normalize_api_build(source: str, payload: Mapping[str, Any]) -> RunEvent:
     else:
         status, provider_status = result_status(result), result
         finished = start + (build.get("duration") or 0) if start is not None else None
-    revisions = [r for r in api.actions(build, "lastBuiltRevision") if isinstance(r, dict)]
+    revisions = [r for r in remote.actions(build, "lastBuiltRevision") if isinstance(r, dict)]
     branches = (revisions[0].get("branch") or []) if revisions else []
     if payload["job"].get("multibranch"):
         branch = unquote(job.rsplit("/", 1)[-1])  # the branch job of a multibranch project
     else:
         branch = branch_name(branches[0].get("name") if branches else None) or _parameter_branch(
-            api.build_parameters(build)
+            remote.build_parameters(build)
         )
     change_sets = [*(build.get("changeSets") or []), *([build["changeSet"]] if build.get("changeSet") else [])]
     changes = [item for change in change_sets for item in change.get("items") or []]
@@ -237,6 +238,22 @@ def normalize_api_build(source: str, payload: Mapping[str, Any]) -> RunEvent:
     )
 
 
+# A Notification plugin delivery (https://github.com/jenkinsci/notification-plugin), cut short.
+EXAMPLE_PAYLOAD: dict[str, Any] = {
+    "name": "app",
+    "url": "job/app/",
+    "build": {
+        "full_url": "https://jenkins.example.com/job/app/7/",
+        "number": 7,
+        "phase": COMPLETED,
+        "status": "FAILURE",
+        "timestamp": 1767607440000,
+        "duration": 240000,
+        "scm": {"branch": "origin/main", "commit": "c0ffee0ddba11c0ffee0ddba11c0ffee0ddba11c"},
+    },
+}
+
+
 class JenkinsSourceConfig(SourceConfig):
     repos_hint = "the jobs or folders to poll (folder/job, folder, or * for all)"
     username: str | None = None  # the user whose API token `token` is
@@ -254,20 +271,20 @@ class JenkinsSourceConfig(SourceConfig):
         return found
 
     def check_repos(self) -> None:
-        api.parse_repos(self.repos)
+        remote.parse_repos(self.repos)
 
 
 class JenkinsProvider(Provider):
     type = "jenkins"
     capabilities = Capabilities(trigger=True, inputs=True, rerun=True, cancel=True, force_cancel=True)
-    api = api
+    remote = remote.REMOTE
     config_model = JenkinsSourceConfig
     # Never Authorization or X-FlowForge-Token: they carry the secret.
     stored_headers = (SIGNATURE_HEADER, "Content-Type", "User-Agent")
 
     def __init__(self, name: str, config: SourceConfig):
         super().__init__(name, config)
-        self.crumb = api.Crumb()  # this Jenkins' CSRF crumb, once it asked for one
+        self.crumb = remote.Crumb()  # this Jenkins' CSRF crumb, once it asked for one
 
     def verify(self, headers: Headers, body: bytes, now: float) -> None:
         secret = self.config.webhook_secret
@@ -302,25 +319,38 @@ class JenkinsProvider(Provider):
         return phase if isinstance(phase, str) else "unknown"
 
     def normalize(self, event: str, payload: Any) -> list[Event]:
-        if event == api.BUILD_EVENT:
+        if event == remote.BUILD_EVENT:
             return [normalize_api_build(self.name, payload)]
         if event in (QUEUED, STARTED, COMPLETED, FINALIZED):
             return normalize_notification(self.name, payload)
         return []
 
-    # --- async half (api.py) -----------------------------------------------------------------------
-    def make_client(self, session: aiohttp.ClientSession, etags: EtagStore, **options: Any) -> ProviderClient:
-        config: JenkinsSourceConfig = self.config  # type: ignore[assignment]
-        if config.token is None or not config.username or not config.api_url:
-            raise NotImplementedError(f"source {self.name} has no API token, user name or api_url")
-        if config.max_rps:
-            options.setdefault("max_rps", config.max_rps)
-        return api.make_client(
-            self.name, config.api_url, config.username, config.token.get(), session, etags, **options
+    @classmethod
+    def example(cls) -> Example:
+        return Example(
+            config={"type": "jenkins", "webhook_secret": "example-secret"},
+            event=COMPLETED,
+            payload=EXAMPLE_PAYLOAD,
+            sign=lambda config, body, now: {
+                SIGNATURE_HEADER: signature_header(config["webhook_secret"], int(now), body),
+                "Content-Type": "application/json",
+            },
         )
 
+    # --- remote half (remote.py) -------------------------------------------------------------------
+    def auth(self, session: aiohttp.ClientSession) -> Auth:
+        # https://www.jenkins.io/doc/book/using/remote-access-api/: Basic authentication with the user's
+        # API token (User > Security > API Token), never the password.
+        config: JenkinsSourceConfig = self.config  # type: ignore[assignment]
+        if config.token is None or not config.username:
+            raise NotImplementedError(f"source {self.name} has no API token or user name")
+        return basic(config.username, config.token.get())
+
+    async def poll_targets(self, client: ProviderClient, ctx: PollContext) -> list[str]:
+        return await remote.targets(client, ctx, self.config.repos)
+
     async def poll_target(self, client: ProviderClient, ctx: PollContext, target: str) -> None:
-        await api.poll_job(self, client, ctx, target)
+        await remote.poll_job(self, client, ctx, target)
 
     async def trigger(
         self,
@@ -332,10 +362,10 @@ class JenkinsProvider(Provider):
     ) -> dict[str, Any] | None:
         config: JenkinsSourceConfig = self.config  # type: ignore[assignment]
         parameters = {**inputs, **(variables or {})}
-        return await api.trigger(self.name, client, self.crumb, pipeline, ref, parameters, config.ref_parameter)
+        return await remote.trigger(self.name, client, self.crumb, pipeline, ref, parameters, config.ref_parameter)
 
     async def rerun(self, client: ProviderClient, run: Mapping[str, Any], failed_only: bool) -> dict[str, Any] | None:
-        return await api.rerun(self.name, client, self.crumb, run)
+        return await remote.rerun(self.name, client, self.crumb, run)
 
     async def cancel(self, client: ProviderClient, run: Mapping[str, Any], force: bool) -> dict[str, Any] | None:
-        return await api.cancel(self.name, client, self.crumb, run, force)
+        return await remote.cancel(self.name, client, self.crumb, run, force)

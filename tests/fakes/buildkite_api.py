@@ -28,9 +28,8 @@ import aiohttp
 from aiohttp import web
 from yarl import URL
 
+from flowforged.fakeapi import Delivery, FakeProviderAPI, int_param, json_body, page_of
 from flowforged.signatures import signature_header
-
-from .github_api import Delivery, FakeProviderAPI, int_param, json_body, page_of
 
 API = "https://api.buildkite.com"
 WEB = "https://buildkite.com"

@@ -11,16 +11,14 @@ Run objects are the REST reference example (fixtures/github/rest/list-workflow-r
 their fields changed; job objects come from the `workflow_job` webhook example. URLs in bodies name
 `https://api.github.com`; the fake rewrites them to its own address, as GitHub Enterprise would.
 
-The base class `FakeProviderAPI` holds what the GitLab fake shares: the request log, auth, scripted
-faults, rate-limit counting, ETags and 304s, and page arithmetic.
+The base class `FakeProviderAPI` (flowforged/fakeapi.py, the test kit's) holds what every fake
+shares: the request log, auth, scripted faults, rate-limit counting, ETags and 304s, and pages.
 """
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import copy
-import dataclasses
 import functools
 import hashlib
 import json
@@ -33,9 +31,19 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from multidict import CIMultiDict, MultiDict
 from yarl import URL
 
+from flowforged.fakeapi import (  # noqa: F401 - the shared names the other fakes and tests import from here
+    Delivery,
+    FakeProviderAPI,
+    Fault,
+    RecordedRequest,
+    etag_matches,
+    int_param,
+    json_body,
+    page_of,
+    weak_etag,
+)
 from flowforged_plugins.github import sign
 
 # The same real payloads tests/conftest.py reads.
@@ -55,214 +63,14 @@ def _fixture(name: str) -> dict[str, Any]:
     return json.loads((FIXTURES / name).read_text())
 
 
-# --- shared machinery ---------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class RecordedRequest:
-    method: str
-    path: str  # as sent, percent-encoding kept
-    query: MultiDict[str]
-    headers: CIMultiDict[str]  # without the credential headers
-    json: Any
-    status: int | None = None  # what the fake answered
-
-
-@dataclasses.dataclass(frozen=True)
-class Fault:
-    status: int
-    body: Any
-    headers: dict[str, str]
-
-
-@dataclasses.dataclass(frozen=True)
-class Delivery:
-    """What the daemon answered to a webhook the fake sent."""
-
-    delivery_id: str
-    status: int
-    body: bytes
-
-
-async def json_body(request: web.Request) -> Any:
-    raw = await request.read()  # cached: the request log has read it already
-    try:
-        return json.loads(raw) if raw else None
-    except ValueError:
-        return None
-
-
-def weak_etag(body: bytes) -> str:
-    return 'W/"' + hashlib.sha256(body).hexdigest()[:32] + '"'
-
-
-def etag_matches(if_none_match: str | None, etag: str) -> bool:
-    """RFC 9110 13.1.2: If-None-Match uses the weak comparison (the W/ prefix does not matter)."""
-    if not if_none_match:
-        return False
-    if if_none_match.strip() == "*":
-        return True
-    wanted = etag.removeprefix("W/")
-    return any(tag.strip().removeprefix("W/") == wanted for tag in if_none_match.split(","))
-
-
-def page_of(items: list[Any], page: int, per_page: int) -> tuple[list[Any], int]:
-    """One page of a list (pages count from 1) and the number of the last page (at least 1)."""
-    last = max((len(items) + per_page - 1) // per_page, 1)
-    return items[(page - 1) * per_page : page * per_page], last
-
-
-def int_param(request: web.Request, name: str, default: int, maximum: int | None = None) -> int:
-    try:
-        value = int(request.query.get(name, default))
-    except ValueError:
-        value = default
-    value = max(value, 1)
-    return min(value, maximum) if maximum else value
-
-
-class FakeProviderAPI:
-    """Request log, auth, faults, rate limit and ETags; subclasses add routes and the provider's words."""
-
-    credential_headers: tuple[str, ...] = ("Authorization",)
-    not_modified_counts = False  # whether a 304 spends a request of the budget
-
-    def __init__(self, token: str, *, rate_limit: int, window: float, clock: Callable[[], float] = time.time) -> None:
-        self.token = token
-        self.clock = clock
-        self.rate_limit = rate_limit
-        self.window = window
-        self.remaining = rate_limit
-        self.reset_at = int(clock() + window)
-        self.requests: list[RecordedRequest] = []
-        # While set and not yet set free, every answer waits for it: a request in flight, for tests
-        # of what happens to it (a shutdown, a timeout).
-        self.stall: asyncio.Event | None = None
-        self.faults: collections.deque[Fault] = collections.deque()
-
-    @functools.cached_property
-    def app(self) -> web.Application:
-        app = web.Application(middlewares=[self._middleware])
-        self.add_routes(app.router)
-        return app
-
-    def add_routes(self, router: web.UrlDispatcher) -> None:
-        raise NotImplementedError
-
-    # --- scripting ---
-
-    def fail_next(self, n: int = 1, status: int = 500, body: Any = None, headers: dict[str, str] | None = None) -> None:
-        """The next `n` requests (after auth) get this answer instead of the real one."""
-        default = {"message": "Server Error"} if status >= 500 else {"message": "error"}
-        for _ in range(n):
-            self.faults.append(Fault(status, default if body is None else body, dict(headers or {})))
-
-    def set_rate_limit(
-        self, *, remaining: int | None = None, limit: int | None = None, reset_at: float | None = None
-    ) -> None:
-        if limit is not None:
-            self.rate_limit = limit
-        if remaining is not None:
-            self.remaining = remaining
-        if reset_at is not None:
-            self.reset_at = int(reset_at)
-
-    def exhaust(self, reset_in: float = 3600) -> None:
-        """Spend the whole budget; it comes back `reset_in` seconds from now."""
-        self.set_rate_limit(remaining=0, reset_at=self.clock() + reset_in)
-
-    @property
-    def used(self) -> int:
-        return self.rate_limit - self.remaining
-
-    # --- hooks for the provider ---
-
-    def authorized(self, request: web.Request) -> bool:
-        raise NotImplementedError
-
-    def unauthorized(self) -> web.Response:
-        raise NotImplementedError
-
-    def limit_exceeded(self) -> web.Response:
-        raise NotImplementedError
-
-    def rate_headers(self) -> dict[str, str]:
-        raise NotImplementedError
-
-    def error(self, status: int, message: Any) -> web.Response:
-        return web.json_response({"message": message}, status=status)
-
-    def body(self, request: web.Request, data: Any, status: int = 200, headers: Any = None) -> web.Response:
-        return web.json_response(data, status=status, headers=headers)
-
-    # --- the request path ---
-
-    @web.middleware
-    async def _middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        await self._record(request)
-        index = len(self.requests) - 1
-        response = await self._answer(request, handler)
-        self.requests[index] = dataclasses.replace(self.requests[index], status=response.status)
-        return response
-
-    async def _answer(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        if self.stall is not None:
-            await self.stall.wait()
-        if not self.authorized(request):
-            return self.unauthorized()
-        if self.clock() >= self.reset_at:
-            self.remaining, self.reset_at = self.rate_limit, int(self.clock() + self.window)
-        if self.faults:
-            fault = self.faults.popleft()
-            response = web.json_response(fault.body, status=fault.status, headers=fault.headers)
-            response.headers.update(self.rate_headers())
-            return response
-        if self.remaining <= 0:
-            return self.limit_exceeded()
-        try:
-            response = await handler(request)
-        except web.HTTPException as exc:  # an unknown route or method
-            response = self.error(exc.status, exc.reason)
-        if request.method == "GET" and response.status == 200 and isinstance(response, web.Response):
-            etag = weak_etag(response.body or b"")  # type: ignore[arg-type]
-            if etag_matches(request.headers.get("If-None-Match"), etag):
-                response = web.Response(status=304, headers={"ETag": etag})
-            else:
-                response.headers["ETag"] = etag
-        if response.status != 304 or self.not_modified_counts:
-            self.remaining = max(self.remaining - 1, 0)
-        response.headers.update(self.rate_headers())
-        return response
-
-    async def _record(self, request: web.Request) -> None:
-        raw = await request.read()
-        try:
-            body = json.loads(raw) if raw else None
-        except ValueError:
-            body = raw.decode(errors="replace")
-        headers = CIMultiDict(request.headers)
-        for name in self.credential_headers:
-            headers.popall(name, None)
-        self.requests.append(
-            RecordedRequest(request.method, request.raw_path.split("?")[0], MultiDict(request.query), headers, body)
-        )
-
-    def links(self, request: web.Request, page: int, last: int, always_first_last: bool) -> str | None:
-        """An RFC 8288 Link header on the fake's own host (GitHub omits first/prev on the first page and
-        next/last on the last one; GitLab always sends first and last)."""
-        url = request.url
-        rels: list[tuple[str, int]] = []
-        if page < last:
-            rels.append(("next", page + 1))
-        if page < last or always_first_last:
-            rels.append(("last", last))
-        if page > 1 or always_first_last:
-            rels.append(("first", 1))
-        if page > 1:
-            rels.append(("prev", page - 1))
-        if not rels:
-            return None
-        return ", ".join(f'<{url.update_query(page=str(n))}>; rel="{rel}"' for rel, n in rels)
+@functools.cache
+def _fixture_text(name: str, *path: str | int) -> str:
+    """A part of a fixture as JSON text: json.loads of it is a fresh copy, several times faster than
+    a deepcopy (a bench makes 15,000 runs)."""
+    part: Any = _fixture(name)
+    for key in path:
+        part = part[key]
+    return json.dumps(part)
 
 
 # --- GitHub -------------------------------------------------------------------------------------
@@ -302,9 +110,12 @@ class FakeGitHub(FakeProviderAPI):
         *,
         rate_limit: int = 5000,
         clock: Callable[[], float] = time.time,
+        per_minute: int | None = None,
+        minute: float = 60.0,
     ) -> None:
-        # https://docs.github.com/en/rest/using-the-rest-api/rate-limits-for-the-rest-api: 5000 an hour
-        super().__init__(token, rate_limit=rate_limit, window=3600, clock=clock)
+        # https://docs.github.com/en/rest/using-the-rest-api/rate-limits-for-the-rest-api: 5000 an hour;
+        # the secondary limit, 900 points a minute for REST endpoints, is enforced when per_minute is set.
+        super().__init__(token, rate_limit=rate_limit, window=3600, clock=clock, per_minute=per_minute, minute=minute)
         self.repos: dict[str, dict[str, Any]] = {}
         self.workflows: dict[int, dict[str, Any]] = {}
         self.runs: dict[int, dict[str, Any]] = {}
@@ -318,6 +129,8 @@ class FakeGitHub(FakeProviderAPI):
         # Enterprise Server ignores the parameter and answers 204.
         self.return_run_details = True
         self._workflow_repo: dict[int, str] = {}
+        self._repo_workflows: dict[str, list[int]] = collections.defaultdict(list)  # a bench has 15,000
+        self._run_numbers: collections.Counter[int] = collections.Counter()  # workflow id -> runs so far
         self._ids = iter(range(30433642, 10**12))
 
     # --- the world ---
@@ -355,8 +168,8 @@ class FakeGitHub(FakeProviderAPI):
     def add_workflow(
         self, repo: str, path: str = ".github/workflows/ci.yml", name: str | None = None
     ) -> dict[str, Any]:
-        for workflow_id, owner in self._workflow_repo.items():
-            if owner == repo and self.workflows[workflow_id]["path"] == path:
+        for workflow_id in self._repo_workflows[repo]:
+            if self.workflows[workflow_id]["path"] == path:
                 return self.workflows[workflow_id]
         self.add_repo(repo)
         workflow_id = next(self._ids)
@@ -374,6 +187,7 @@ class FakeGitHub(FakeProviderAPI):
         }
         self.workflows[workflow_id] = workflow
         self._workflow_repo[workflow_id] = repo
+        self._repo_workflows[repo].append(workflow_id)
         return workflow
 
     def add_run(
@@ -393,10 +207,11 @@ class FakeGitHub(FakeProviderAPI):
         """A new run of `workflow` (a path; the repo and workflow are created when missing)."""
         wf = self.add_workflow(repo, workflow)
         run_id = next(self._ids)
-        number = 1 + sum(1 for r in self.runs.values() if r["workflow_id"] == wf["id"])
+        self._run_numbers[wf["id"]] += 1
+        number = self._run_numbers[wf["id"]]
         sha = sha or hashlib.sha1(f"{repo}{run_id}".encode(), usedforsecurity=False).hexdigest()
         created = created_at or self.now()
-        run = copy.deepcopy(_fixture("github/rest/list-workflow-runs.200.json")["workflow_runs"][0])
+        run = json.loads(_fixture_text("github/rest/list-workflow-runs.200.json", "workflow_runs", 0))
         run_url = f"{API}/repos/{repo}/actions/runs/{run_id}"
         user = {**run["actor"], "login": actor}
         run.update(
@@ -494,6 +309,15 @@ class FakeGitHub(FakeProviderAPI):
         headers = {"Retry-After": str(retry_after)} if retry_after is not None else {}
         self.fail_next(n, 403, {"message": SECONDARY_MESSAGE, "documentation_url": DOCS}, headers)
 
+    def points(self, method: str) -> int:
+        # https://docs.github.com/en/rest/using-the-rest-api/rate-limits-for-the-rest-api#calculating-points-for-the-secondary-rate-limit
+        return 1 if method in ("GET", "HEAD", "OPTIONS") else 5
+
+    def minute_exceeded(self) -> web.Response:
+        """GitHub answers a secondary rate limit with 403 (or 429), its message and retry-after."""
+        body = {"message": SECONDARY_MESSAGE, "documentation_url": DOCS}
+        return web.json_response(body, status=403, headers={"Retry-After": "60"})
+
     def forbid_next(self, n: int = 1, message: str = "Resource not accessible by integration") -> None:
         self.fail_next(n, 403, {"message": message, "documentation_url": DOCS})
 
@@ -544,6 +368,8 @@ class FakeGitHub(FakeProviderAPI):
     def add_routes(self, router: web.UrlDispatcher) -> None:
         base = "/repos/{owner}/{repo}/actions"
         router.add_get(base + "/runs", self.list_runs)
+        router.add_get(base + "/workflows", self.list_workflows)
+        router.add_get(base + "/workflows/{workflow}/runs", self.list_runs)
         router.add_get(base + "/runs/{run_id:\\d+}", self.get_run)
         router.add_get(base + "/runs/{run_id:\\d+}/jobs", self.list_jobs)
         router.add_get(base + "/runs/{run_id:\\d+}/attempts/{attempt:\\d+}/jobs", self.list_jobs)
@@ -560,13 +386,35 @@ class FakeGitHub(FakeProviderAPI):
         run = self.runs.get(int(request.match_info["run_id"]))
         return run if run and run["repository"]["full_name"] == repo else None
 
+    def _workflow(self, repo: str, key: str) -> dict[str, Any] | None:
+        """A repository's workflow by its id or its file name, as the workflow endpoints take it."""
+        for workflow_id in self._repo_workflows.get(repo, []):
+            workflow = self.workflows[workflow_id]
+            if key in (str(workflow_id), Path(workflow["path"]).name):
+                return workflow
+        return None
+
+    async def list_workflows(self, request: web.Request) -> web.Response:
+        # https://docs.github.com/en/rest/actions/workflows#list-repository-workflows
+        repo = f"{request.match_info['owner']}/{request.match_info['repo']}"
+        if repo not in self.repos:
+            return self.error(404, "Not Found")
+        workflows = [self.workflows[i] for i in self._repo_workflows.get(repo, [])]
+        return self.listing(request, workflows, lambda chunk: {"total_count": len(workflows), "workflows": chunk})
+
     async def list_runs(self, request: web.Request) -> web.Response:
-        # https://docs.github.com/en/rest/actions/workflow-runs#list-workflow-runs-for-a-repository
+        # https://docs.github.com/en/rest/actions/workflow-runs#list-workflow-runs-for-a-repository, and
+        # #list-workflow-runs-for-a-workflow when the path names a workflow
         repo = f"{request.match_info['owner']}/{request.match_info['repo']}"
         if repo not in self.repos:
             return self.error(404, "Not Found")
         q = request.query
         runs = [self.runs[i] for i in self._repo_runs[repo] if i in self.runs]
+        if "workflow" in request.match_info:
+            workflow = self._workflow(repo, request.match_info["workflow"])
+            if workflow is None:
+                return self.error(404, "Not Found")
+            runs = [r for r in runs if r["workflow_id"] == workflow["id"]]
         if "branch" in q:
             runs = [r for r in runs if r["head_branch"] == q["branch"]]
         if "status" in q:  # a status or a conclusion
@@ -632,15 +480,7 @@ class FakeGitHub(FakeProviderAPI):
     async def dispatch(self, request: web.Request) -> web.Response:
         # https://docs.github.com/en/rest/actions/workflows#create-a-workflow-dispatch-event
         repo = f"{request.match_info['owner']}/{request.match_info['repo']}"
-        key = request.match_info["workflow"]
-        workflow = next(
-            (
-                w
-                for i, w in self.workflows.items()
-                if self._workflow_repo[i] == repo and key in (str(i), Path(w["path"]).name)
-            ),
-            None,
-        )
+        workflow = self._workflow(repo, request.match_info["workflow"])
         if workflow is None:
             return self.error(404, "Not Found")
         payload = await json_body(request)

@@ -26,9 +26,8 @@ import aiohttp
 from aiohttp import web
 from yarl import URL
 
+from flowforged.fakeapi import Delivery, FakeProviderAPI, int_param, json_body, page_of
 from flowforged_plugins.gitlab import sign
-
-from .github_api import Delivery, FakeProviderAPI, int_param, json_body, page_of
 
 WEB = "https://gitlab.example.com"
 TERMINAL = frozenset({"success", "failed", "canceled", "skipped"})

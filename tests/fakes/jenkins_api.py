@@ -37,9 +37,8 @@ import aiohttp
 from aiohttp import web
 from yarl import URL
 
+from flowforged.fakeapi import Delivery, FakeProviderAPI
 from flowforged.signatures import signature_header
-
-from .github_api import Delivery, FakeProviderAPI
 
 FOLDER = "com.cloudbees.hudson.plugins.folder.Folder"
 MULTIBRANCH = "org.jenkinsci.plugins.workflow.multibranch.WorkflowMultiBranchProject"

@@ -14,12 +14,12 @@ import aiohttp
 import pytest
 
 from flowforged.errors import ConfigError, ProviderError, WebhookRejected
-from flowforged.http import MemoryEtags, parse_budget
+from flowforged.http import MemoryEtags
 from flowforged.model import Status
 from flowforged.secrets import Secret
 from flowforged.signatures import signature_header
 from flowforged.store.ingest import event_key
-from flowforged_plugins.buildkite import BuildkiteProvider, BuildkiteSourceConfig, api, build_status
+from flowforged_plugins.buildkite import BuildkiteProvider, BuildkiteSourceConfig, build_status, remote
 from tests.conftest import base_config, make_config
 from tests.fakes.buildkite_api import FakeBuildkite
 
@@ -227,7 +227,7 @@ def test_every_documented_build_state(state: str, status: Status) -> None:
 def test_a_blocked_build_reads_the_same_from_the_api_and_from_webhooks() -> None:
     # The REST API keeps the last state with blocked: true; webhooks and notifications say blocked.
     rest = {**copy.deepcopy(REST_BUILD), "blocked": True}
-    [polled] = provider().normalize(api.BUILD_EVENT, {"build": rest, "pipeline": rest["pipeline"]})
+    [polled] = provider().normalize(remote.BUILD_EVENT, {"build": rest, "pipeline": rest["pipeline"]})
     [hooked] = provider().normalize("build.finished", webhook("build.finished", blocked=True, state="blocked"))
     assert (polled.status, polled.provider_status) == (Status.BLOCKED, "blocked")
     assert event_key(polled) == event_key(hooked)
@@ -259,7 +259,7 @@ def test_a_polled_build_has_the_key_of_its_webhook(state: str, status: str) -> N
         changes["failing_at"] = "2015-05-09T21:07:10.000Z"
     rest = {**copy.deepcopy(REST_BUILD), **changes}
     bk = provider()
-    [polled] = bk.normalize(api.BUILD_EVENT, {"build": rest, "pipeline": rest["pipeline"]})
+    [polled] = bk.normalize(remote.BUILD_EVENT, {"build": rest, "pipeline": rest["pipeline"]})
     [hooked] = bk.normalize(f"build.{status}", webhook(f"build.{status}", rest))
     assert event_key(polled) == event_key(hooked)
     assert polled == hooked
@@ -317,17 +317,17 @@ def test_the_pipeline_is_named_by_any_url_the_build_has() -> None:
 
 
 def test_repos_entries() -> None:
-    assert api.parse_repos(["acme/web", "org:acme", "other/*", "acme/api"]) == (
+    assert remote.parse_repos(["acme/web", "org:acme", "other/*", "acme/api"]) == (
         ["acme/web", "acme/api"],
         ["acme", "other"],
     )
-    assert api.targets(["acme/web", "acme/*", "beta/api"]) == ["acme", "beta/api"]  # the org covers acme/web
+    assert remote.targets(["acme/web", "acme/*", "beta/api"]) == ["acme", "beta/api"]  # the org covers acme/web
     for bad in ["acme", "acme/web/extra", "https://buildkite.com/acme/web", "org:"]:
         with pytest.raises(ValueError, match="expected org/pipeline"):
-            api.parse_repos([bad])
-    assert api.builds_path("acme") == "/organizations/acme/builds"
-    assert api.builds_path("acme/web") == "/organizations/acme/pipelines/web/builds"
-    assert api.build_number({"number": None, "url": "https://buildkite.com/acme/web/builds/77"}) == 77
+            remote.parse_repos([bad])
+    assert remote.builds_path("acme") == "/organizations/acme/builds"
+    assert remote.builds_path("acme/web") == "/organizations/acme/pipelines/web/builds"
+    assert remote.build_number({"number": None, "url": "https://buildkite.com/acme/web/builds/77"}) == 77
 
 
 def test_config_needs_a_token_and_repos_to_poll(db_path: Any) -> None:
@@ -355,6 +355,7 @@ def test_the_rate_limit_budget_counts_the_tighter_of_organization_and_user() -> 
         "RateLimit-Limit": "200",
         "RateLimit-Reset": "42",
     }
+    parse_budget = remote.REMOTE.rate_limits.budget
     budget = parse_budget(headers, NOW)
     assert (budget.limit, budget.remaining, budget.reset_at) == (50, 35, NOW + 42)
     busy = {**headers, "RateLimit-Remaining": "3", "RateLimit-Reset": "20"}
@@ -392,10 +393,10 @@ async def test_create_build_carries_branch_commit_message_and_env(fake: Any) -> 
             "pipeline": "acme/web",
             "commit": "abc123",
             "branch": "release/2.0",
-            "message": api.DEFAULT_MESSAGE,
+            "message": remote.DEFAULT_MESSAGE,
             "env": {"DEPLOY": "true", "REGION": "eu"},
         },
-        {"pipeline": "acme/web", "commit": "HEAD", "branch": "main", "message": api.DEFAULT_MESSAGE},
+        {"pipeline": "acme/web", "commit": "HEAD", "branch": "main", "message": remote.DEFAULT_MESSAGE},
     ]
     assert started["number"] == 1 and started["url"].endswith("/acme/web/builds/1") and plain["number"] == 2
     assert started["run_id"] in fake.builds

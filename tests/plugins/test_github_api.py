@@ -12,7 +12,7 @@ from flowforged.errors import ConfigError, ProviderError
 from flowforged.http import MemoryEtags
 from flowforged.secrets import Secret
 from flowforged.store.ingest import event_key
-from flowforged_plugins.github import GitHubProvider, GitHubSourceConfig, api
+from flowforged_plugins.github import GitHubProvider, GitHubSourceConfig, remote
 from tests.conftest import GITHUB_SECRET, base_config, make_config
 from tests.fakes.github_api import FakeGitHub
 
@@ -26,13 +26,14 @@ PIPELINE = f"{REPO}/{CI}"
 
 
 def test_repository_entries() -> None:
-    assert api.parse_repos(["octo-org/octo-repo", "org:octo-org", "octocat/*"]) == (
+    assert remote.parse_repos(["octo-org/octo-repo", "org:octo-org", "octocat/*"]) == (
         ["octo-org/octo-repo"],
         ["octo-org", "octocat"],
     )
+    assert remote.parse_repos(["installation", "octo-org/octo-repo"]) == (["octo-org/octo-repo"], [])  # an App's
     for bad in ["octo-repo", "octo-org/", "a/b/c", "org:", "org:a/b", "*/*", "octo-org/octo-*"]:
-        with pytest.raises(ValueError, match="expected owner/repo, owner/\\* or org:NAME"):
-            api.parse_repos([bad])
+        with pytest.raises(ValueError, match="expected owner/repo, owner/\\*, org:NAME or installation"):
+            remote.parse_repos([bad])
 
 
 def test_config_names_the_bad_entry_and_a_missing_token(db_path: Any) -> None:
@@ -40,32 +41,32 @@ def test_config_names_the_bad_entry_and_a_missing_token(db_path: Any) -> None:
     with pytest.raises(ConfigError) as caught:
         make_config(base_config(db_path, sources={"github": source}))
     problems = dict(caught.value.problems)
-    assert problems["sources.github.repos"] == "'octo-repo': expected owner/repo, owner/* or org:NAME"
+    assert problems["sources.github.repos"] == "'octo-repo': expected owner/repo, owner/*, org:NAME or installation"
     assert problems["sources.github.token"].startswith("missing: polling")
     webhooks_only = {"type": "github", "webhook_secret": GITHUB_SECRET}
     assert make_config(base_config(db_path, sources={"github": webhooks_only}))
 
 
 def test_pipeline_keys_and_workflow_ids() -> None:
-    assert api.split_pipeline(PIPELINE) == (REPO, CI)
-    assert api.workflow_id(CI) == "ci.yml"
-    assert api.workflow_id("161335") == "161335"
+    assert remote.split_pipeline(PIPELINE) == (REPO, CI)
+    assert remote.workflow_id(CI) == "ci.yml"
+    assert remote.workflow_id("161335") == "161335"
     with pytest.raises(ProviderError) as caught:
-        api.split_pipeline("octo-org/octo-repo")
+        remote.split_pipeline("octo-org/octo-repo")
     assert caught.value.status == 404
 
 
 def test_cursor_round_trip() -> None:
-    cursor = api.Cursor("2026-11-27T09:00:00Z", "2026-11-27T08:00:00Z")
-    assert api.Cursor.load(cursor.dump()) == cursor
-    assert api.Cursor.load(None) == api.Cursor()
+    cursor = remote.Cursor("2026-11-27T09:00:00Z", "2026-11-27T08:00:00Z")
+    assert remote.Cursor.load(cursor.dump()) == cursor
+    assert remote.Cursor.load(None) == remote.Cursor()
 
 
 def test_runs_are_taken_once_latest_state_oldest_first() -> None:
     a1 = {"id": 1, "run_attempt": 1, "created_at": "2026-11-27T08:00:00Z", "updated_at": "2026-11-27T08:05:00Z"}
     a2 = {**a1, "run_attempt": 2, "updated_at": "2026-11-27T09:00:00Z"}
     b = {"id": 2, "run_attempt": 1, "created_at": "2026-11-27T07:00:00Z", "updated_at": "2026-11-27T07:01:00Z"}
-    assert api.unique_runs([a2, b, a1]) == [b, a2]
+    assert remote.unique_runs([a2, b, a1]) == [b, a2]
 
 
 def test_a_polled_run_has_the_key_of_the_webhook_of_the_same_state() -> None:
@@ -73,7 +74,7 @@ def test_a_polled_run_has_the_key_of_the_webhook_of_the_same_state() -> None:
     run = fake.add_run(REPO, CI, status="completed", conclusion="failure")
     provider = GitHubProvider("github", GitHubSourceConfig(type="github"))
     [hooked] = provider.normalize("workflow_run", fake.webhook_payload(run["id"]))
-    [polled] = provider.normalize("workflow_run", api.run_payload(run, "main"))
+    [polled] = provider.normalize("workflow_run", remote.run_payload(run, "main"))
     assert event_key(polled) == event_key(hooked) and polled.pipeline == PIPELINE
     assert polled.default_branch == "main"
 

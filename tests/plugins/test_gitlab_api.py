@@ -13,7 +13,7 @@ from flowforged.http import MemoryEtags
 from flowforged.model import Status, parse_time
 from flowforged.secrets import Secret
 from flowforged.store.ingest import event_key
-from flowforged_plugins.gitlab import GitLabProvider, GitLabSourceConfig, api, normalize_api_pipeline
+from flowforged_plugins.gitlab import GitLabProvider, GitLabSourceConfig, normalize_api_pipeline, remote
 from tests.conftest import GITLAB_TOKEN, base_config, fixture, make_config
 from tests.fakes.gitlab_api import FakeGitLab
 
@@ -34,17 +34,17 @@ def test_gitlab_api_times_with_milliseconds() -> None:
 
 
 def test_project_entries_and_base_url() -> None:
-    assert api.parse_projects(["acme/app", "group:acme/platform", "/acme/sub/deep/"]) == (
+    assert remote.parse_projects(["acme/app", "group:acme/platform", "/acme/sub/deep/"]) == (
         ["acme/app", "acme/sub/deep"],
         ["acme/platform"],
     )
     for bad in ["app", "group:", "acme//app", "https://gitlab.com/acme/app"]:
         with pytest.raises(ValueError, match="expected a project path"):
-            api.parse_projects([bad])
-    assert api.base_url(None) == "https://gitlab.com/api/v4"
-    assert api.base_url("https://gitlab.example.com/") == "https://gitlab.example.com/api/v4"
-    assert api.base_url("https://example.com/gitlab/api/v4") == "https://example.com/gitlab/api/v4"
-    assert api.project_id("acme/platform/api") == "acme%2Fplatform%2Fapi"
+            remote.parse_projects([bad])
+    assert remote.base_url(None) == "https://gitlab.com/api/v4"
+    assert remote.base_url("https://gitlab.example.com/") == "https://gitlab.example.com/api/v4"
+    assert remote.base_url("https://example.com/gitlab/api/v4") == "https://example.com/gitlab/api/v4"
+    assert remote.project_id("acme/platform/api") == "acme%2Fplatform%2Fapi"
 
 
 def test_config_needs_a_token_to_poll(db_path: Any) -> None:
@@ -62,10 +62,10 @@ def test_a_polled_pipeline_and_job_have_the_keys_of_their_hooks() -> None:
     job = fake.add_job(pipeline["id"], "rspec", status="failed")
     fake.set_pipeline_status(pipeline["id"], "failed")
     gl = provider()
-    project = api.project_info(fake.find_project(PROJECT))
+    project = remote.project_info(fake.find_project(PROJECT))
     [hooked] = gl.normalize("Pipeline Hook", fake.webhook_payload(pipeline["id"]))
     full = {"project": project, "pipeline": fake.served(pipeline)}
-    [polled] = gl.normalize(api.PIPELINE_EVENT, full)
+    [polled] = gl.normalize(remote.PIPELINE_EVENT, full)
     assert event_key(polled) == event_key(hooked)
     assert (polled.pipeline, polled.status, polled.provider_status) == (PROJECT, Status.FAILED, "failed")
     assert polled.finished_at and polled.started_at and polled.default_branch == "main"
@@ -81,7 +81,7 @@ def test_a_polled_pipeline_and_job_have_the_keys_of_their_hooks() -> None:
         repository={**hook["repository"], "homepage": project["web_url"]},
     )
     [job_hook] = gl.normalize("Job Hook", hook)
-    [job_polled] = gl.normalize(api.JOB_EVENT, {"project": project, "job": job})
+    [job_polled] = gl.normalize(remote.JOB_EVENT, {"project": project, "job": job})
     assert event_key(job_polled) == event_key(job_hook)
     assert (job_polled.pipeline, job_polled.stage, job_polled.sha) == (PROJECT, "test", pipeline["sha"])
 
@@ -89,9 +89,9 @@ def test_a_polled_pipeline_and_job_have_the_keys_of_their_hooks() -> None:
 def test_the_short_form_and_newer_gitlabs_capitalized_status() -> None:
     fake = FakeGitLab()
     pipeline = fake.add_pipeline(PROJECT, status="running", ref="feature/x")
-    project = api.project_info(fake.find_project(PROJECT))
+    project = remote.project_info(fake.find_project(PROJECT))
     short = fake.served(pipeline, short=True)
-    [event] = provider().normalize(api.PIPELINE_EVENT, {"project": project, "pipeline": short})
+    [event] = provider().normalize(remote.PIPELINE_EVENT, {"project": project, "pipeline": short})
     assert (event.status, event.branch, event.provider_status) == (Status.RUNNING, "feature/x", "running")
     fake.set_pipeline_status(pipeline["id"], "success")
     full = fake.served(pipeline)
@@ -109,9 +109,9 @@ def test_hook_label_and_api_text_of_one_state_have_one_key() -> None:
     pipeline = fake.add_pipeline(PROJECT, status="running")
     fake.set_pipeline_status(pipeline["id"], "success")
     pipeline["detailed_status"].update(text="Warning", label="passed with warnings", group="success-with-warnings")
-    project = api.project_info(fake.find_project(PROJECT))
+    project = remote.project_info(fake.find_project(PROJECT))
     [hooked] = provider().normalize("Pipeline Hook", fake.webhook_payload(pipeline["id"]))
-    [polled] = provider().normalize(api.PIPELINE_EVENT, {"project": project, "pipeline": fake.served(pipeline)})
+    [polled] = provider().normalize(remote.PIPELINE_EVENT, {"project": project, "pipeline": fake.served(pipeline)})
     assert fake.webhook_payload(pipeline["id"])["object_attributes"]["detailed_status"] == "passed with warnings"
     assert event_key(hooked) == event_key(polled)
 
@@ -124,9 +124,9 @@ def test_a_pipeline_hook_carries_its_duration_and_queue_time() -> None:
     pipeline = fake.add_pipeline(PROJECT, status="pending", created_at="2026-11-27T09:00:00.000Z")
     fake.set_pipeline_status(pipeline["id"], "running", at="2026-11-27T09:00:20.000Z")
     fake.set_pipeline_status(pipeline["id"], "failed", at="2026-11-27T09:05:20.000Z")
-    project = api.project_info(fake.find_project(PROJECT))
+    project = remote.project_info(fake.find_project(PROJECT))
     [hooked] = provider().normalize("Pipeline Hook", fake.webhook_payload(pipeline["id"]))
-    [polled] = provider().normalize(api.PIPELINE_EVENT, {"project": project, "pipeline": fake.served(pipeline)})
+    [polled] = provider().normalize(remote.PIPELINE_EVENT, {"project": project, "pipeline": fake.served(pipeline)})
     assert (hooked.duration_seconds, hooked.queue_seconds) == (polled.duration_seconds, polled.queue_seconds)
     assert (polled.duration_seconds, polled.queue_seconds) == (300.0, 20.0)
 
@@ -142,21 +142,21 @@ def test_merge_request_pipelines_name_their_merge_request() -> None:
     )
     fake = FakeGitLab()
     pipeline = fake.add_pipeline(PROJECT, ref="refs/merge-requests/7/head", source="merge_request_event")
-    project = api.project_info(fake.find_project(PROJECT))
-    [polled] = provider().normalize(api.PIPELINE_EVENT, {"project": project, "pipeline": fake.served(pipeline)})
+    project = remote.project_info(fake.find_project(PROJECT))
+    [polled] = provider().normalize(remote.PIPELINE_EVENT, {"project": project, "pipeline": fake.served(pipeline)})
     assert (polled.pull_request, polled.proposed) == (7, True)
     pushed = fake.add_pipeline(PROJECT, ref="main")
-    [push] = provider().normalize(api.PIPELINE_EVENT, {"project": project, "pipeline": fake.served(pushed)})
+    [push] = provider().normalize(remote.PIPELINE_EVENT, {"project": project, "pipeline": fake.served(pushed)})
     assert (push.pull_request, push.proposed) == (None, False)
 
 
 def test_which_listed_pipelines_need_ingest() -> None:
     listed = {"updated_at": "2026-11-27T09:00:10.000Z"}
-    assert api.needs_ingest(listed, Status.RUNNING, None)
-    assert api.needs_ingest(listed, Status.RUNNING, ("pending", "2026-11-27T08:00:00Z"))
-    assert not api.needs_ingest(listed, Status.RUNNING, ("running", "2026-11-27T08:00:00Z"))
-    assert not api.needs_ingest(listed, Status.FAILED, ("failed", "2026-11-27T09:00:09Z"))  # that finish
-    assert api.needs_ingest(listed, Status.FAILED, ("failed", "2026-11-27T08:00:00Z"))  # retried, failed again
+    assert remote.needs_ingest(listed, Status.RUNNING, None)
+    assert remote.needs_ingest(listed, Status.RUNNING, ("pending", "2026-11-27T08:00:00Z"))
+    assert not remote.needs_ingest(listed, Status.RUNNING, ("running", "2026-11-27T08:00:00Z"))
+    assert not remote.needs_ingest(listed, Status.FAILED, ("failed", "2026-11-27T09:00:09Z"))  # that finish
+    assert remote.needs_ingest(listed, Status.FAILED, ("failed", "2026-11-27T08:00:00Z"))  # retried, failed again
 
 
 # --- against the fake ----------------------------------------------------------------------------
@@ -179,7 +179,7 @@ def posts(fake: FakeGitLab) -> list[tuple[str, str, Any]]:
 async def test_client_base_url_and_token_header(gl: FakeGitLab) -> None:
     assert gl.client.base_url.endswith("/api/v4")  # api_url named the instance only
     gl.add_project(PROJECT)
-    await gl.client.get(f"/projects/{api.project_id(PROJECT)}")  # the fake answers 401 to a wrong token
+    await gl.client.get(f"/projects/{remote.project_id(PROJECT)}")  # the fake answers 401 to a wrong token
     async with aiohttp.ClientSession() as session:
         default = provider(token=Secret(TOKEN, "inline")).make_client(session, MemoryEtags())
         assert default.base_url == "https://gitlab.com/api/v4"

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 import yaml
 
+from flowforged import credentials
 from flowforged.errors import ConfigError, WebhookRejected
-from flowforged.http import basic_auth
 from flowforged.model import Status
 from flowforged.secrets import Secret
 from flowforged.signatures import signature_header
@@ -26,10 +26,10 @@ from flowforged.store.ingest import event_key
 from flowforged_plugins.jenkins import (
     JenkinsProvider,
     JenkinsSourceConfig,
-    api,
     branch_name,
     full_name,
     normalize_api_build,
+    remote,
 )
 from tests.conftest import ROOT, base_config, make_config
 from tests.fakes.jenkins_api import apply_tree, parse_tree
@@ -54,7 +54,7 @@ COMPLETED: dict[str, Any] = {
         "status": "FAILURE",
         "url": "job/platform/job/api/42/",
         "scm": {
-            "url": "https://github.com/acme/api.git",
+            "url": "https://github.com/acme/remote.git",
             "branch": "origin/main",
             "commit": "c3f1e9a7b2d4e6f8a0b1c2d3e4f5a6b7c8d9e0f1",
             "changes": ["src/login.py"],
@@ -214,8 +214,8 @@ def test_full_names_from_job_urls() -> None:
     assert full_name("job/job/job/x/") == "job/x"
     with pytest.raises(ValueError, match="not the URL of a Jenkins job"):
         full_name("view/all/")
-    assert api.job_path("org/repo/feature%2Flogin") == "/job/org/job/repo/job/feature%252Flogin"
-    assert api.job_path("") == ""
+    assert remote.job_path("org/repo/feature%2Flogin") == "/job/org/job/repo/job/feature%252Flogin"
+    assert remote.job_path("") == ""
 
 
 def test_branch_names_as_git_reports_them() -> None:
@@ -280,7 +280,7 @@ def test_a_polled_build_has_the_key_of_its_notification(phase: str) -> None:
     if phase == "STARTED":
         build.update(result=None, building=True, inProgress=True, duration=0)
     [hooked] = provider().normalize(phase, notification(phase))
-    [from_api] = provider().normalize(api.BUILD_EVENT, polled(build))
+    [from_api] = provider().normalize(remote.BUILD_EVENT, polled(build))
     assert event_key(from_api) == event_key(hooked)
     assert (from_api.branch, from_api.sha, from_api.started_at) == (hooked.branch, hooked.sha, hooked.started_at)
     # The API tells more: the commit, who started it and how.
@@ -315,7 +315,7 @@ def test_branches_of_multibranch_jobs_and_of_parameters() -> None:
     hook["build"]["scm"].pop("branch")
     [started] = provider().normalize("STARTED", hook)
     assert started.branch == "main"
-    assert api.build_parameters(API_BUILD) == {"BRANCH": "main", "DEPLOY": False}  # no password's value
+    assert remote.build_parameters(API_BUILD) == {"BRANCH": "main", "DEPLOY": False}  # no password's value
 
 
 # --- config and helpers ---------------------------------------------------------------------------
@@ -332,19 +332,19 @@ def test_config(db_path: Any) -> None:
     good = {**source, "username": "flowforge", "api_url": "https://jenkins.example.com/", "repos": ["platform", "*"]}
     config = make_config(base_config(db_path, sources={"jenkins": good}))
     assert config.source_configs["jenkins"].max_rps == 10.0
-    assert api.parse_repos(["platform", "*", "org/repo/"]) == ["platform", "", "org/repo"]
+    assert remote.parse_repos(["platform", "*", "org/repo/"]) == ["platform", "", "org/repo"]
 
 
-def test_basic_auth_without_aiohttp_basicauth() -> None:
-    assert basic_auth("flowforge", "11ab:cd") == (
-        "Authorization",
-        "Basic " + base64.b64encode(b"flowforge:11ab:cd").decode(),
-    )
+async def test_basic_auth_without_aiohttp_basicauth() -> None:
+    auth = credentials.basic("flowforge", "11ab:cd")
+    encoded = base64.b64encode(b"flowforge:11ab:cd").decode()
+    assert await auth.header() == ("Authorization", f"Basic {encoded}")
+    assert set(auth.secrets()) == {"11ab:cd", encoded}  # both scrubbed from errors
 
 
 def test_the_fakes_tree_follows_jenkins() -> None:
     # What the plugin's tree= asks for, applied as Jenkins does: named fields only, ranges of lists.
-    tree = parse_tree(f"builds[{api.BUILD_TREE}]{{0,1}}")
+    tree = parse_tree(f"builds[{remote.BUILD_TREE}]{{0,1}}")
     job = {"_class": "x", "name": "api", "builds": [API_BUILD, {**API_BUILD, "number": 41}], "color": "red"}
     answered = apply_tree(job, tree)
     assert set(answered) == {"_class", "builds"} and [b["number"] for b in answered["builds"]] == [42]

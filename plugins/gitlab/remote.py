@@ -13,30 +13,34 @@ key matches the Pipeline Hook's. A failed one costs one more, for the names of i
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-import aiohttp
-
 from flowforged import logs
 from flowforged.errors import ProviderError
-from flowforged.http import EtagStore, ProviderClient
+from flowforged.http import ProviderClient
 from flowforged.model import Status
-from flowforged.plugin import PollContext, Provider, operation_error
+from flowforged.pagination import NextPageHeader
+from flowforged.plugin import PollContext, Provider, RemoteAPI, operation_error
+from flowforged.polling import answer, epoch, iso, operate, state_of, window_start
+from flowforged.ratelimits import RateLimitHeaders
 
 log = logs.get("flowforged.gitlab")
 DEFAULT_API_URL = "https://gitlab.com/api/v4"
 PIPELINE_EVENT = "api:pipeline"
 JOB_EVENT = "api:job"
 PER_PAGE = 100  # the largest per_page GitLab accepts
-SLACK = 120.0  # seconds a cycle looks behind its cursor (see the GitHub plugin)
 GROUP_REFRESH = 600.0  # seconds between two listings of a group's projects
 # A finished pipeline whose updated_at is this close to the finish the store holds is the same finish
 # (GitLab touches updated_at a moment after finished_at); further apart, it ran again (a retry).
 SAME_FINISH = 30.0
 JOB_TRIES = 5  # cycles that try again to read the jobs of a failed pipeline whose jobs endpoint failed
+# GitLab.com: "API traffic will be limited to 2,000 requests per minute for a given user", each answer
+# counted, 304s too (https://docs.gitlab.com/user/gitlab_com/rate_limits/). Paced to 90% of it; a
+# self-managed instance sets its own limits (points_per_minute in the source's config).
+POINTS_PER_MINUTE = 1800
 PROJECT_FIELDS = ("id", "path_with_namespace", "web_url", "default_branch", "name")
 
 
@@ -76,13 +80,9 @@ def project_info(project: Mapping[str, Any]) -> dict[str, Any]:
     return {field: project.get(field) for field in PROJECT_FIELDS}
 
 
-def epoch(value: str) -> float:
-    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-
-
 def gitlab_time(seconds: float) -> str:
     """ISO 8601 with milliseconds, as GitLab writes its own times."""
-    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return iso(seconds, millis=True)
 
 
 def needs_ingest(pipeline: Mapping[str, Any], status: Status, stored: tuple[str, str] | None) -> bool:
@@ -95,7 +95,7 @@ def needs_ingest(pipeline: Mapping[str, Any], status: Status, stored: tuple[str,
     return epoch(pipeline["updated_at"]) > epoch(stored[1]) + SAME_FINISH
 
 
-def explain(source: str, error: ProviderError, action: str, subject: str) -> ProviderError:
+def explain(source: str, error: ProviderError, *, action: str, subject: str) -> ProviderError:
     # https://docs.gitlab.com/ee/user/permissions.html: running, retrying and cancelling pipelines
     # needs the Developer role; a personal or project access token needs the `api` scope.
     return operation_error(error, source, action, subject, "the api scope and at least the Developer role")
@@ -103,17 +103,15 @@ def explain(source: str, error: ProviderError, action: str, subject: str) -> Pro
 
 # --- client --------------------------------------------------------------------------------------
 
-
-def make_client(
-    source: str,
-    api_url: str | None,
-    token: str,
-    session: aiohttp.ClientSession,
-    etags: EtagStore,
-    **options: Any,
-) -> ProviderClient:
-    # https://docs.gitlab.com/ee/api/rest/authentication.html#personalprojectgroup-access-tokens
-    return ProviderClient(source, base_url(api_url), ("PRIVATE-TOKEN", token), session, etags, **options)
+# https://docs.gitlab.com/ee/api/rest/#offset-based-pagination: x-next-page, empty on the last page.
+# https://docs.gitlab.com/ee/administration/settings/user_and_ip_rate_limits.html#response-headers:
+# RateLimit-Limit, -Observed, -Remaining, -Reset (epoch seconds).
+REMOTE = RemoteAPI(
+    default_url=DEFAULT_API_URL,
+    pagination=NextPageHeader("x-next-page", "page"),
+    rate_limits=RateLimitHeaders("RateLimit-"),
+    points_per_minute=POINTS_PER_MINUTE,
+)
 
 
 # --- polling -------------------------------------------------------------------------------------
@@ -174,7 +172,7 @@ async def poll_project(provider: Provider, client: ProviderClient, ctx: PollCont
     time, the cursor moved after each page (a cycle cut short by the rate limit resumes there)."""
     key = f"pipelines:{path}"
     cursor = await ctx.cursor(key)
-    since = ctx.since if cursor is None else max(ctx.since, epoch(cursor) - SLACK)
+    since = window_start(ctx, cursor)
     project = ctx.memory.get("projects", {}).get(path) or {"path_with_namespace": path}
     params = {
         "updated_after": gitlab_time(since),
@@ -200,11 +198,8 @@ async def poll_project(provider: Provider, client: ProviderClient, ctx: PollCont
 
 
 def _status(provider: Provider, project: dict[str, Any], pipeline: dict[str, Any]) -> Status | None:
-    try:
-        [event] = provider.normalize(PIPELINE_EVENT, {"project": project, "pipeline": pipeline})
-    except Exception:
-        return None  # ingest stores it raw with the error
-    return event.status
+    event = state_of(provider, PIPELINE_EVENT, {"project": project, "pipeline": pipeline})
+    return None if event is None else event.status
 
 
 async def ingest_pipeline(
@@ -281,11 +276,9 @@ async def trigger(
     if inputs:
         body["inputs"] = dict(inputs)
     url = f"/projects/{project_id(pipeline)}/pipeline"
-    try:
-        response = await client.request("POST", url, json=body)
-    except ProviderError as exc:
-        raise explain(source, exc, "trigger", f"a pipeline of {pipeline} on {ref}") from None
-    return response.data if isinstance(response.data, dict) else None
+    return answer(
+        await operate(client, "POST", url, _explain(source, "trigger", f"a pipeline of {pipeline} on {ref}"), json=body)
+    )
 
 
 async def retry(source: str, client: ProviderClient, run: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -293,11 +286,7 @@ async def retry(source: str, client: ProviderClient, run: Mapping[str, Any]) -> 
     failed and cancelled jobs of a pipeline; it has no call that re-runs the jobs that passed."""
     subject = f"pipeline {run['run_id']} of {run['pipeline']}"
     url = f"/projects/{project_id(run['pipeline'])}/pipelines/{run['run_id']}/retry"
-    try:
-        response = await client.request("POST", url)
-    except ProviderError as exc:
-        raise explain(source, exc, "retry", subject) from None
-    return response.data if isinstance(response.data, dict) else None
+    return answer(await operate(client, "POST", url, _explain(source, "retry", subject)))
 
 
 async def cancel(source: str, client: ProviderClient, run: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -306,11 +295,7 @@ async def cancel(source: str, client: ProviderClient, run: Mapping[str, Any]) ->
     GitLab has no forced cancel of a pipeline: `force` changes nothing."""
     subject = f"pipeline {run['run_id']} of {run['pipeline']}"
     url = f"/projects/{project_id(run['pipeline'])}/pipelines/{run['run_id']}/cancel"
-    try:
-        response = await client.request("POST", url)
-    except ProviderError as exc:
-        raise explain(source, exc, "cancel", subject) from None
-    pipeline = response.data if isinstance(response.data, dict) else None
+    pipeline = answer(await operate(client, "POST", url, _explain(source, "cancel", subject)))
     status = (pipeline or {}).get("status")
     if status in ("success", "failed", "skipped"):
         raise ProviderError(
@@ -319,3 +304,7 @@ async def cancel(source: str, client: ProviderClient, run: Mapping[str, Any]) ->
             code="conflict",
         )
     return pipeline
+
+
+def _explain(source: str, action: str, subject: str) -> functools.partial[ProviderError]:
+    return functools.partial(explain, source, action=action, subject=subject)

@@ -24,12 +24,13 @@ from http.cookies import CookieError, SimpleCookie
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-import aiohttp
-
 from flowforged.errors import ProviderError
-from flowforged.http import EtagStore, ProviderClient, Response, basic_auth
+from flowforged.http import ProviderClient, Response
 from flowforged.model import Status
-from flowforged.plugin import PollContext, Provider, operation_error
+from flowforged.pagination import Single
+from flowforged.plugin import PollContext, Provider, RemoteAPI, operation_error
+from flowforged.polling import text, untold
+from flowforged.ratelimits import RateLimits
 
 BUILD_EVENT = "api:build"
 PAGE = 25  # builds asked for each cycle
@@ -109,12 +110,6 @@ def build_parameters(build: Mapping[str, Any]) -> dict[str, Any]:
     return found
 
 
-def text(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
-
-
 def explain(source: str, error: ProviderError, action: str, subject: str) -> ProviderError:
     # https://www.jenkins.io/doc/book/security/access-control/permissions/: Job/Build starts builds,
     # Job/Cancel stops them, Job/Read (and Overall/Read) sees them.
@@ -123,19 +118,10 @@ def explain(source: str, error: ProviderError, action: str, subject: str) -> Pro
 
 # --- client --------------------------------------------------------------------------------------
 
-
-def make_client(
-    source: str,
-    api_url: str,
-    username: str,
-    token: str,
-    session: aiohttp.ClientSession,
-    etags: EtagStore,
-    **options: Any,
-) -> ProviderClient:
-    # https://www.jenkins.io/doc/book/using/remote-access-api/: Basic authentication with the user's
-    # API token (User > Security > API Token), never the password.
-    return ProviderClient(source, api_url, basic_auth(username, token), session, etags, **options)
+# No default address (every Jenkins is self-hosted); no rate-limit headers (the source's max_rps spaces
+# the requests); no pagination (a `tree=` range says which builds a page holds). Basic authentication
+# with a user's API token: JenkinsProvider.auth().
+REMOTE = RemoteAPI(default_url=None, pagination=Single(), rate_limits=RateLimits())
 
 
 class Crumb:
@@ -236,11 +222,7 @@ async def poll_job(provider: Provider, client: ProviderClient, ctx: PollContext,
     fresh += await _left_behind(client, ctx, job, numbers)
     info = {"full_name": job, "multibranch": ctx.memory.get("jobs", {}).get(job, {}).get("multibranch", False)}
     payloads = [{"job": info, "build": build} for build in sorted(fresh, key=lambda b: b["number"])]
-    states = [_state(provider, payload) for payload in payloads]
-    known = await ctx.known([state[:2] for state in states if state is not None])
-    for payload, state in zip(payloads, states, strict=True):
-        if state is not None and known.get(state[:2]) == state[2:]:
-            continue
+    for payload, _ in await untold(ctx, provider, BUILD_EVENT, payloads):
         await ctx.emit(BUILD_EVENT, payload)
     newest = max(numbers, default=None)
     if newest is not None and newest != last:
@@ -292,16 +274,6 @@ def _started_ms(build: Mapping[str, Any]) -> float:
 
 def _ended_ms(build: Mapping[str, Any]) -> float:
     return _started_ms(build) + float(build.get("duration") or 0)
-
-
-def _state(provider: Provider, payload: dict[str, Any]) -> tuple[str, int, str, str] | None:
-    """(run_id, attempt, status, updated_at) as the store will record the build; None if it cannot be
-    normalized (ingest then stores it raw with the error)."""
-    try:
-        [event] = provider.normalize(BUILD_EVENT, payload)
-    except Exception:
-        return None
-    return event.run_id, event.attempt, event.status.value, event.updated_at
 
 
 # --- operations ----------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
-"""GitHub Actions over the REST API: what the poller reads, and trigger, re-run and cancel.
+"""GitHub Actions over the REST API: what the poller reads, and trigger, re-run and cancel (the
+provider's remote half).
 
-The pure helpers come first (repository specs, paths, cursors, error wording); the async functions
-after them are thin: every request goes through the core's ProviderClient (rate limits, ETags,
-backoff), every run and job goes to `ctx.emit()` in the payload shape of the webhook events, so that
+The pure helpers come first (repository specs, paths, cursors, rate limits, error wording); the async
+functions after them are thin: every request goes through the core's ProviderClient (rate limits,
+ETags, backoff), every run and job goes to `ctx.emit()` in the payload shape of the webhook events, so that
 normalize() and `flowforged reindex` read polled items exactly as they read webhooks.
 
 How a cycle stays cheap (https://docs.github.com/en/rest/using-the-rest-api/best-practices-for-using-
@@ -15,20 +16,20 @@ the store does not already hold in that state.
 from __future__ import annotations
 
 import dataclasses
-import json
+import functools
 import re
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
-import aiohttp
-
 from flowforged import logs
 from flowforged.errors import ProviderError
-from flowforged.http import EtagStore, ProviderClient, Response
+from flowforged.http import ProviderClient, Response, provider_message
 from flowforged.model import Status
-from flowforged.plugin import PollContext, Provider, operation_error
+from flowforged.pagination import LinkHeader
+from flowforged.plugin import PollContext, Provider, RemoteAPI, operation_error
+from flowforged.polling import JsonCursor, epoch, iso, newest, operate, same_etag, untold, window_start
+from flowforged.ratelimits import XRateLimitHeaders, header_map
 
 log = logs.get("flowforged.github")
 DEFAULT_API_URL = "https://api.github.com"
@@ -36,12 +37,14 @@ DEFAULT_API_URL = "https://api.github.com"
 API_HEADERS = {"Accept": "application/vnd.github+json", "X-GitHub-Api-Version": "2022-11-28"}
 PAGE = 30  # runs on the conditional first page: its body is what a change costs
 MAX_PAGE = 100  # the largest per_page GitHub accepts
-# Runs become visible in the list a little after they are created or change, and runner clocks are
-# not GitHub's: a cycle looks this far behind its cursor. What it sees twice, the store drops.
-SLACK = 120.0
 OWNER_REFRESH = 600.0  # seconds between two listings of an organization's repositories
 OPEN = (Status.PENDING, Status.RUNNING, Status.BLOCKED)
 JOB_TRIES = 5  # cycles that try again to read the jobs of a failed run whose jobs endpoint failed
+# The secondary rate limit: "No more than 900 points per minute are allowed for REST API endpoints",
+# 304s included; the poller paces to 90% of it, leaving room for the same token's other clients.
+# https://docs.github.com/en/rest/using-the-rest-api/rate-limits-for-the-rest-api#about-secondary-rate-limits
+POINTS_PER_MINUTE = 810
+INSTALLATION = "installation"  # `repos: installation`: every repository a GitHub App's installation sees
 
 
 # --- pure half ---------------------------------------------------------------------------------
@@ -55,17 +58,20 @@ _ORG = re.compile(rf"org:({_OWNER})|({_OWNER})/\*")
 
 def parse_repos(entries: list[str]) -> tuple[list[str], list[str]]:
     """`repos` entries as (repositories, owners): `owner/repo`, or `org:NAME` / `NAME/*` for every
-    repository of an organization (or user). ValueError names an entry that is neither."""
+    repository of an organization (or user); `installation` (a GitHub App's repositories, app.py) is
+    neither. ValueError names an entry that is none of these."""
     repos: list[str] = []
     owners: list[str] = []
     for entry in entries:
         entry = entry.strip()
+        if entry == INSTALLATION:
+            continue
         if _REPO.fullmatch(entry):
             repos.append(entry)
         elif match := _ORG.fullmatch(entry):
             owners.append(match.group(1) or match.group(2))
         else:
-            raise ValueError(f"{entry!r}: expected owner/repo, owner/* or org:NAME")
+            raise ValueError(f"{entry!r}: expected owner/repo, owner/*, org:NAME or installation")
     return repos, owners
 
 
@@ -84,16 +90,8 @@ def workflow_id(path: str) -> str:
     return quote(path.rsplit("/", 1)[-1], safe="")
 
 
-def epoch(value: str) -> float:
-    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-
-
-def iso(seconds: float) -> str:
-    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 @dataclasses.dataclass(frozen=True, slots=True)
-class Cursor:
+class Cursor(JsonCursor):
     """A repository's cursor in poll_state: the newest `updated_at` seen (or how far back the window
     was looked at); the creation time of the oldest run on the first page when it was last read (an
     unfinished run older than that is off the first page: its changes need a request of its own); and
@@ -105,21 +103,6 @@ class Cursor:
     floor: str | None = None
     etag: str | None = None
 
-    @classmethod
-    def load(cls, text: str | None) -> Cursor:
-        if not text:
-            return cls()
-        data = json.loads(text)
-        return cls(data.get("seen"), data.get("floor"), data.get("etag"))
-
-    def dump(self) -> str:
-        return json.dumps({"seen": self.seen, "floor": self.floor, "etag": self.etag})
-
-
-def same_etag(a: str | None, b: str | None) -> bool:
-    """RFC 9110 weak comparison: W/"x" and "x" are the same representation."""
-    return bool(a and b) and a.removeprefix("W/") == b.removeprefix("W/")  # type: ignore[union-attr]
-
 
 def ingested(response: Response, processed: str | None) -> bool:
     """Whether a 304 names what was ingested. A 304 carries the ETag (RFC 9110 15.4.5); one without
@@ -128,11 +111,6 @@ def ingested(response: Response, processed: str | None) -> bool:
         return False
     etag = response.headers.get("ETag")
     return etag is None or same_etag(etag, processed)
-
-
-def newest(*times: str | None) -> str | None:
-    present = [t for t in times if t]
-    return max(present, key=epoch) if present else None
 
 
 def run_payload(run: dict[str, Any], default_branch: str | None = None) -> dict[str, Any]:
@@ -158,7 +136,7 @@ def unique_runs(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(latest.values(), key=lambda r: (epoch(r["created_at"]), r["id"]))
 
 
-def explain(source: str, error: ProviderError, action: str, subject: str) -> ProviderError:
+def explain(source: str, error: ProviderError, *, action: str, subject: str) -> ProviderError:
     if error.status == 403 and "already running" in str(error).lower():
         # GitHub answers a re-run of a run in progress with 403 "This workflow is already running".
         return ProviderError(
@@ -170,29 +148,46 @@ def explain(source: str, error: ProviderError, action: str, subject: str) -> Pro
     return operation_error(error, source, action, subject, "the Actions read and write permission")
 
 
-# --- client --------------------------------------------------------------------------------------
+def points(method: str) -> int:
+    """What a REST request counts against the secondary limit: 1 for GET, HEAD and OPTIONS, 5 for
+    POST, PATCH, PUT and DELETE (#calculating-points-for-the-secondary-rate-limit, same page)."""
+    return 1 if method.upper() in ("GET", "HEAD", "OPTIONS") else 5
 
 
-def make_client(
-    source: str,
-    api_url: str | None,
-    token: str,
-    session: aiohttp.ClientSession,
-    etags: EtagStore,
-    **options: Any,
-) -> ProviderClient:
-    # https://docs.github.com/en/rest/authentication/authenticating-to-the-rest-api: Bearer works for
-    # classic and fine-grained personal access tokens and for GitHub App installation tokens.
-    headers = {**API_HEADERS, **options.pop("headers", {})}
-    return ProviderClient(
-        source,
-        api_url or DEFAULT_API_URL,
-        ("Authorization", f"Bearer {token}"),
-        session,
-        etags,
-        headers=headers,
-        **options,
-    )
+class GitHubRateLimits(XRateLimitHeaders):
+    """GitHub's X-RateLimit-* headers, its 403s that are rate limits, and the budgets of its own that
+    search and GraphQL requests spend."""
+
+    def limited(self, status: int, headers: Mapping[str, str], data: Any) -> bool:
+        if status == 429:
+            return True
+        if status != 403:
+            return False
+        # A 403 is a rate limit when it has retry-after, x-ratelimit-remaining: 0 or says so ("You have
+        # exceeded a secondary rate limit", "API rate limit exceeded for ...").
+        h = header_map(headers)
+        if "Retry-After" in h or h.get("x-ratelimit-remaining") == "0":
+            return True
+        return "rate limit" in provider_message(data).lower()
+
+    def resource(self, path: str) -> str:
+        if path.startswith("/search/"):
+            return "search"
+        if path.rstrip("/") == "/graphql":
+            return "graphql"
+        return "core"
+
+
+# https://docs.github.com/en/rest/authentication/authenticating-to-the-rest-api: Bearer works for
+# classic and fine-grained personal access tokens and for GitHub App installation tokens.
+REMOTE = RemoteAPI(
+    default_url=DEFAULT_API_URL,
+    pagination=LinkHeader(),
+    rate_limits=GitHubRateLimits(),
+    points_per_minute=POINTS_PER_MINUTE,
+    points=points,
+    headers=API_HEADERS,
+)
 
 
 # --- polling -------------------------------------------------------------------------------------
@@ -248,7 +243,7 @@ async def poll_repo(provider: Provider, client: ProviderClient, ctx: PollContext
     one) to ingest, oldest first; the cursor last."""
     key = f"runs:{repo}"
     cursor = Cursor.load(await ctx.cursor(key))
-    since = ctx.since if cursor.seen is None else max(ctx.since, epoch(cursor.seen) - SLACK)
+    since = window_start(ctx, cursor.seen)
     path = f"/repos/{repo}/actions/runs"
     # https://docs.github.com/en/rest/actions/workflow-runs#list-workflow-runs-for-a-repository
     params: dict[str, Any] = {"per_page": PAGE, "exclude_pull_requests": True}
@@ -324,26 +319,11 @@ async def ingest_runs(
     since: float,
     default_branch: str | None,
 ) -> None:
-    fresh = [r for r in unique_runs(runs) if epoch(r["updated_at"]) >= since]
-    states = {r["id"]: state(provider, run_payload(r)) for r in fresh}
-    known = await ctx.known([s[:2] for s in states.values() if s is not None])
-    for run in fresh:
-        current = states[run["id"]]
-        if current is not None and known.get(current[:2]) == current[2:]:
-            continue  # the store holds this state already (a webhook told it, or an earlier cycle)
-        if current is not None and current[2] == Status.FAILED.value:
-            await failed_jobs(client, ctx, repo, run)  # before the run: a notification names them
-        await ctx.emit("workflow_run", run_payload(run, default_branch))
-
-
-def state(provider: Provider, payload: dict[str, Any]) -> tuple[str, int, str, str] | None:
-    """(run_id, attempt, status, updated_at) as the store will record them; None if the run cannot
-    be normalized (ingest then stores it raw with the error)."""
-    try:
-        [event] = provider.normalize("workflow_run", payload)
-    except Exception:
-        return None
-    return event.run_id, event.attempt, event.status.value, event.updated_at
+    fresh = [run_payload(r, default_branch) for r in unique_runs(runs) if epoch(r["updated_at"]) >= since]
+    for payload, event in await untold(ctx, provider, "workflow_run", fresh):
+        if event is not None and event.status is Status.FAILED:
+            await failed_jobs(client, ctx, repo, payload["workflow_run"])  # before the run: a notification names them
+        await ctx.emit("workflow_run", payload)
 
 
 async def failed_jobs(client: ProviderClient, ctx: PollContext, repo: str, run: dict[str, Any]) -> None:
@@ -395,7 +375,9 @@ async def trigger(
     if inputs:
         body["inputs"] = dict(inputs)
     url = f"/repos/{repo}/actions/workflows/{workflow_id(path)}/dispatches"
-    response = await _operate(client, source, "POST", url, body, "trigger", f"workflow {pipeline} on {ref}")
+    response = await operate(
+        client, "POST", url, _explain(source, "trigger", f"workflow {pipeline} on {ref}"), json=body
+    )
     return response.data if response.status == 200 and isinstance(response.data, dict) else None
 
 
@@ -405,7 +387,7 @@ async def rerun(source: str, client: ProviderClient, run: Mapping[str, Any], fai
     repo, _ = split_pipeline(run["pipeline"])
     action = "rerun-failed-jobs" if failed_only else "rerun"
     url = f"/repos/{repo}/actions/runs/{run['run_id']}/{action}"
-    await _operate(client, source, "POST", url, None, "re-run", f"run {run['run_id']} of {run['pipeline']}")
+    await operate(client, "POST", url, _explain(source, "re-run", f"run {run['run_id']} of {run['pipeline']}"))
 
 
 async def cancel(source: str, client: ProviderClient, run: Mapping[str, Any], force: bool) -> None:
@@ -414,13 +396,8 @@ async def cancel(source: str, client: ProviderClient, run: Mapping[str, Any], fo
     repo, _ = split_pipeline(run["pipeline"])
     action = "force-cancel" if force else "cancel"
     url = f"/repos/{repo}/actions/runs/{run['run_id']}/{action}"
-    await _operate(client, source, "POST", url, None, action, f"run {run['run_id']} of {run['pipeline']}")
+    await operate(client, "POST", url, _explain(source, action, f"run {run['run_id']} of {run['pipeline']}"))
 
 
-async def _operate(
-    client: ProviderClient, source: str, method: str, url: str, body: Any, action: str, subject: str
-) -> Response:
-    try:
-        return await client.request(method, url, json=body)
-    except ProviderError as exc:
-        raise explain(source, exc, action, subject) from None
+def _explain(source: str, action: str, subject: str) -> functools.partial[ProviderError]:
+    return functools.partial(explain, source, action=action, subject=subject)

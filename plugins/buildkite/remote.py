@@ -17,25 +17,27 @@ is the cheap way to watch many pipelines.
 from __future__ import annotations
 
 import dataclasses
-import json
+import functools
 import re
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-import aiohttp
-
 from flowforged.errors import ProviderError
-from flowforged.http import EtagStore, ProviderClient
+from flowforged.http import ProviderClient
 from flowforged.model import Status
-from flowforged.plugin import PollContext, Provider, operation_error
+from flowforged.pagination import LinkHeader
+from flowforged.plugin import PollContext, Provider, RemoteAPI, operation_error
+from flowforged.polling import JsonCursor, answer, iso, newest, operate, state_of, text, window_start
+from flowforged.ratelimits import RateLimitHeaders, Tightest
 
 DEFAULT_API_URL = "https://api.buildkite.com/v2"
 BUILD_EVENT = "api:build"
 JOB_EVENT = "api:job"
 PER_PAGE = 100  # the largest per_page Buildkite accepts
-SLACK = 120.0  # seconds a cycle looks behind its cursors (see the GitHub plugin)
+# 200 REST requests a minute per organization, for all of its users together (rate-limits page above):
+# paced to 90% of it. A tighter per-user budget, when sent, is read from RateLimit-User-* by the client.
+POINTS_PER_MINUTE = 180
 # https://buildkite.com/docs/apis/rest-api/builds#list-builds-for-a-pipeline (state[] filter)
 OPEN_STATES = ["scheduled", "running", "failing", "canceling", "blocked"]
 OPEN = frozenset({Status.PENDING.value, Status.RUNNING.value, Status.BLOCKED.value})
@@ -95,39 +97,18 @@ def build_number(run: Mapping[str, Any]) -> int:
     raise ProviderError(f"run {run.get('run_id')} has no build number", status=404, code="not_found")
 
 
-def epoch(value: str) -> float:
-    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-
-
-def iso(seconds: float) -> str:
-    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def newest(*times: str | None) -> str | None:
-    present = [t for t in times if t]
-    return max(present, key=epoch) if present else None
-
-
 def belongs(pipeline: str, target: str) -> bool:
     """Whether a pipeline is polled through a target: an organization, or that pipeline itself."""
     return pipeline.startswith(target + "/") if "/" not in target else pipeline == target
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class Cursor:
+class Cursor(JsonCursor):
     """A target's cursor in poll_state: the newest `created_at` and `finished_at` seen, or how far
     back the window was looked at."""
 
     created: str | None = None
     finished: str | None = None
-
-    @classmethod
-    def load(cls, text: str | None) -> Cursor:
-        data = json.loads(text) if text else {}
-        return cls(data.get("created"), data.get("finished"))
-
-    def dump(self) -> str:
-        return json.dumps({"created": self.created, "finished": self.finished})
 
 
 def run_info(build: Mapping[str, Any]) -> dict[str, Any]:
@@ -142,7 +123,7 @@ def run_info(build: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def explain(source: str, error: ProviderError, action: str, subject: str) -> ProviderError:
+def explain(source: str, error: ProviderError, *, action: str, subject: str) -> ProviderError:
     # https://buildkite.com/docs/apis/managing-api-tokens#token-scopes: write_builds creates,
     # rebuilds, retries and cancels builds.
     return operation_error(error, source, action, subject, "the write_builds scope on the organization")
@@ -150,19 +131,16 @@ def explain(source: str, error: ProviderError, action: str, subject: str) -> Pro
 
 # --- client --------------------------------------------------------------------------------------
 
-
-def make_client(
-    source: str,
-    api_url: str | None,
-    token: str,
-    session: aiohttp.ClientSession,
-    etags: EtagStore,
-    **options: Any,
-) -> ProviderClient:
-    # https://buildkite.com/docs/apis/rest-api#authentication: an API access token as a Bearer token.
-    return ProviderClient(
-        source, api_url or DEFAULT_API_URL, ("Authorization", f"Bearer {token}"), session, etags, **options
-    )
+# https://buildkite.com/docs/apis/rest-api#authentication: an API access token as a Bearer token.
+# https://buildkite.com/docs/apis/rest-api/rate-limits: RateLimit-Remaining, -Limit, -Reset (seconds
+# from now) for the organization, and RateLimit-User-* for the user beside it: a 429 comes from
+# whichever runs out first, so the tighter of the two is the one to count.
+REMOTE = RemoteAPI(
+    default_url=DEFAULT_API_URL,
+    pagination=LinkHeader(),
+    rate_limits=Tightest(RateLimitHeaders("RateLimit-"), RateLimitHeaders("RateLimit-User-")),
+    points_per_minute=POINTS_PER_MINUTE,
+)
 
 
 # --- polling -------------------------------------------------------------------------------------
@@ -172,8 +150,8 @@ async def poll_target(provider: Provider, client: ProviderClient, ctx: PollConte
     key = f"builds:{target}"
     cursor = Cursor.load(await ctx.cursor(key))
     path = builds_path(target)
-    created_since = _since(ctx, cursor.created)
-    finished_since = _since(ctx, cursor.finished)
+    created_since = window_start(ctx, cursor.created)
+    finished_since = window_start(ctx, cursor.finished)
     created = await _list(client, path, {"created_from": iso(created_since)})
     finished = await _list(client, path, {"finished_from": iso(finished_since)})
     listed = {b["id"] for b in created + finished}
@@ -190,10 +168,6 @@ async def poll_target(provider: Provider, client: ProviderClient, ctx: PollConte
     )
     if updated != cursor:
         await ctx.set_cursor(key, updated.dump())
-
-
-def _since(ctx: PollContext, cursor: str | None) -> float:
-    return ctx.since if cursor is None else max(ctx.since, epoch(cursor) - SLACK)
 
 
 async def _list(client: ProviderClient, path: str, params: dict[str, Any]) -> list[dict[str, Any]]:
@@ -233,9 +207,8 @@ _RANK = {Status.PENDING.value: 0, Status.BLOCKED.value: 1, Status.RUNNING.value:
 
 def _state(provider: Provider, build: dict[str, Any]) -> tuple[str, str, int] | None:
     """(status, updated_at, rank) as the store will record the build; None if it cannot be normalized."""
-    try:
-        [event] = provider.normalize(BUILD_EVENT, {"build": build, "pipeline": build.get("pipeline") or {}})
-    except Exception:
+    event = state_of(provider, BUILD_EVENT, {"build": build, "pipeline": build.get("pipeline") or {}})
+    if event is None:
         return None
     return event.status.value, event.updated_at, 3 if event.status.terminal else _RANK[event.status.value]
 
@@ -255,12 +228,12 @@ async def trigger(
     is the branch; the inputs `commit` (default HEAD) and `message` fill those fields, every other
     input (and every variable) becomes an environment variable of the build."""
     org, slug = split_pipeline(pipeline)
-    env = {name: _text(value) for name, value in inputs.items() if name not in ("commit", "message")}
+    env = {name: text(value) for name, value in inputs.items() if name not in ("commit", "message")}
     env.update(variables or {})
     body: dict[str, Any] = {
-        "commit": _text(inputs.get("commit") or "HEAD"),
+        "commit": text(inputs.get("commit") or "HEAD"),
         "branch": ref,
-        "message": _text(inputs.get("message") or DEFAULT_MESSAGE),
+        "message": text(inputs.get("message") or DEFAULT_MESSAGE),
     }
     if env:
         body["env"] = env
@@ -297,14 +270,5 @@ async def cancel(source: str, client: ProviderClient, run: Mapping[str, Any]) ->
 async def _operate(
     client: ProviderClient, source: str, method: str, url: str, body: Any, action: str, subject: str
 ) -> dict[str, Any] | None:
-    try:
-        response = await client.request(method, url, json=body)
-    except ProviderError as exc:
-        raise explain(source, exc, action, subject) from None
-    return response.data if isinstance(response.data, dict) else None
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
+    explain_it = functools.partial(explain, source, action=action, subject=subject)
+    return answer(await operate(client, method, url, explain_it, json=body))
