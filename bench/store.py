@@ -1,24 +1,28 @@
-"""The daemon on a big store: start-up time to READY, resident memory, and the runs query at 1M events.
+"""Storage on a large organization's store: bytes per event, raw bodies, start-up to READY.
 
-Builds a store of 1,000,000 events (333,334 runs of 200 pipelines on 5 branches over 90 days, each run
-a pending, a running and a terminal state, each event with its raw delivery) straight through SQL, and
-the run totals /metrics is rebuilt from (store/totals.py, as the upgrade to schema 4 fills them), then
-starts `flowforged run` on it and on an empty store (the baseline, same script), and times:
-  - start-up: process start to systemd's READY=1 (the listener is bound, metrics rebuilt);
-  - resident memory (VmRSS) once ready and idle;
-  - GET /api/v1/runs with filters (source+pipeline+branch, status, branch+status), p50/p99 over 300
-    requests each, against GET /healthz in the same run as the HTTP floor.
-Targets: runs query p99 < 20 ms at 1M events; memory < 150 MB; start-up < 1 s.
+- Bytes per stored event without raw bodies, on the store of bench/bigstore.py (10,000 pipelines x 3
+  branches, 10M events, built once and cached under var/bench/): the file's size less its raw bodies,
+  divided by its events. Target < 600 bytes.
+- Raw bodies on real payloads: the fixtures of tests/fixtures (GitHub workflow_run, workflow_job,
+  check_run; GitLab pipeline and job hooks), each sent many times with its ids, commits, branches,
+  times, people and messages made different, stored through `Store.ingest` (zstandard with the
+  dictionary the store trains per source) and, as the baseline, as the store kept them before (zlib in
+  the deliveries row). Compared: the bytes each body adds to the file. Target: at least 2x smaller.
+- Start-up of `flowforged run` to systemd's READY=1 on the 10M-event store, beside an empty store.
+  Target < 1 s. Then how long after READY=1 /metrics answers: it waits for the run totals, which load
+  after READY=1 (half a second or so at 10,000 pipelines, whatever the events).
 
-    .venv/bin/python bench/store.py [--events 1000000]
+    .venv/bin/python bench/store.py [--events 10000000] [--bodies 2000]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import random
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -26,114 +30,137 @@ import time
 import urllib.request
 import zlib
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench import bigstore  # noqa: E402
 from bench.figures import figure  # noqa: E402
 from bench.ingest import free_port  # noqa: E402
-from flowforged.store import connect, totals  # noqa: E402
+from flowforged.store import Delivery, Store, connect, raw  # noqa: E402
 from flowforged.store.schema import migrate  # noqa: E402
 
 TOKEN = "bench-api-token"
-STATUSES = ["success"] * 8 + ["failed", "cancelled"]
+FIXTURES = {
+    "github": [
+        "workflow_run.completed.success.json",
+        "workflow_job.completed.failure.json",
+        "check_run.completed.json",
+    ],
+    "gitlab": ["pipeline_hook.success.json", "job_hook.json"],
+}
+WORDS = "fix add remove bump update refactor test build cache flaky timeout deps docs lint api store".split()
+PAGE = 4096
 
 
-def iso(t: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+def varied(value: Any, rng: random.Random, key: str = "") -> Any:
+    """The payload with what differs from one delivery to the next made different: ids, commits,
+    times, branches, people, messages (URLs and the rest of the shape stay: they are the provider's)."""
+    if isinstance(value, dict):
+        return {k: varied(v, rng, k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [varied(v, rng, key) for v in value]
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, int) and (key == "id" or key.endswith("_id") or key in ("number", "run_number", "iid")):
+        return rng.randrange(10**6, 10**10)
+    if not isinstance(value, str):
+        return value
+    if len(value) == 40 and all(c in "0123456789abcdef" for c in value):
+        return f"{rng.getrandbits(160):040x}"
+    if len(value) >= 19 and value[4:5] == "-" and value[10:11] in ("T", " "):
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(rng.uniform(1.6e9, 1.8e9)))
+    if key in ("message", "title", "display_title", "name") and value:
+        return " ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 9)))
+    if key in ("head_branch", "ref", "login", "username", "email"):
+        return f"{rng.choice(WORDS)}-{rng.randrange(10**4)}"
+    return value
 
 
-def build(path: Path, events: int) -> tuple[int, float, float]:
-    started = time.monotonic()
-    conn = connect(path)
-    migrate(conn)
-    rng = random.Random(7)
-    pipelines = [f"org/repo{n:03d}/.github/workflows/ci.yml" for n in range(200)]
-    branches = ["main", "dev", "release", "feature/a", "feature/b"]
-    runs = events // 3
-    now = time.time()
-    conn.execute("BEGIN")
-    conn.executemany(
-        "INSERT INTO pipelines (source, pipeline, name, repo, default_branch, first_seen, last_seen)"
-        " VALUES ('github', ?, 'CI', ?, 'main', ?, ?)",
-        [(p, p.rsplit("/", 3)[0], iso(now - 90 * 86400), iso(now)) for p in pipelines],
-    )
-    body = zlib.compress(json.dumps({"workflow_run": {"id": 0, "pad": "x" * 2000}}).encode(), 1)
-    event_id = 0
-    batch_runs, batch_deliveries, batch_events = [], [], []
-    for n in range(runs):
-        created = now - 90 * 86400 + n * (90 * 86400 / runs)
-        pipeline, branch = rng.choice(pipelines), rng.choice(branches)
-        status = rng.choice(STATUSES)
-        duration = rng.uniform(30, 1800)
-        batch_runs.append(
-            (
-                "github",
-                pipeline,
-                str(10_000_000 + n),
-                1,
-                n,
-                branch,
-                f"{n:040x}",
-                status,
-                f"completed/{status}",
-                f"https://github.com/{pipeline}/runs/{n}",
-                iso(created),
-                iso(created + 5),
-                iso(created + 5 + duration),
-                iso(created + 5 + duration),
-                duration,
-                5.0,
+def bodies(count: int, seed: int) -> list[tuple[str, str, bytes]]:
+    """(source, event, body) of `count` deliveries, the fixtures in turn."""
+    rng = random.Random(seed)
+    payloads = [
+        (source, name.split(".")[0], json.loads((ROOT / "tests/fixtures" / source / "webhooks" / name).read_text()))
+        for source, names in FIXTURES.items()
+        for name in names
+    ]
+    out = []
+    for n in range(count):
+        source, event, payload = payloads[n % len(payloads)]
+        out.append((source, event, json.dumps(varied(payload, rng)).encode()))
+    return out
+
+
+def pages(path: Path, table: str) -> int:
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute("SELECT count(*) FROM dbstat WHERE name = ?", (table,)).fetchone()[0]
+    finally:
+        conn.close()
+
+
+async def stored_now(path: Path, train: list, measured: list) -> tuple[int, int]:
+    """Bytes the measured bodies add to the file, and their compressed bytes, as the store keeps them."""
+    store = Store(path).open()
+    try:
+        await ingest_all(store, train, "t")
+        conn = connect(path, readonly=True)
+        deadline = time.monotonic() + 60
+        while conn.execute("SELECT count(DISTINCT source) FROM dictionaries").fetchone()[0] < len(FIXTURES):
+            if time.monotonic() > deadline:
+                raise SystemExit("no dictionary was trained within 60 s")
+            await asyncio.sleep(0.05)
+        before = pages(path, "raw_bodies")
+        first = conn.execute("SELECT coalesce(max(delivery), 0) FROM raw_bodies").fetchone()[0]
+        await ingest_all(store, measured, "m")
+        (compressed,) = conn.execute("SELECT sum(length(body)) FROM raw_bodies WHERE delivery > ?", (first,)).fetchone()
+        conn.close()
+    finally:
+        store.close()
+    return (pages(path, "raw_bodies") - before) * PAGE, compressed
+
+
+async def ingest_all(store: Store, items: list, prefix: str) -> None:
+    for start in range(0, len(items), 200):
+        await asyncio.gather(
+            *(
+                store.ingest(delivery(f"{prefix}{start + n}", source, event, body), [], "2026-11-28T00:00:00Z")
+                for n, (source, event, body) in enumerate(items[start : start + 200])
             )
         )
-        for step, state in enumerate(("pending", "running", status)):
-            event_id += 1
-            batch_deliveries.append(
-                ("github", f"d-{event_id}", "webhook", "workflow_run", iso(created + step), "{}", body)
+
+
+def delivery(key: str, source: str, event: str, body: bytes) -> Delivery:
+    return Delivery(source, key, "webhook", event, "2026-11-28T00:00:00Z", {"Content-Type": "application/json"}, body)
+
+
+def stored_before(tmp: Path, measured: list) -> tuple[int, int]:
+    """The same bodies as the store kept them before raw_bodies: zlib, in the deliveries row. The bytes
+    they add: the table's pages with them less its pages with empty bodies."""
+    sizes = []
+    compressed = 0
+    for with_body in (False, True):
+        path = tmp / f"before-{with_body}.db"
+        conn = sqlite3.connect(path, isolation_level=None)
+        conn.execute(
+            "CREATE TABLE deliveries (id INTEGER PRIMARY KEY, source TEXT, delivery_id TEXT, origin TEXT,"
+            " event TEXT, received_at TEXT, headers TEXT, body BLOB, parse_error TEXT)"
+        )
+        conn.execute("BEGIN")
+        for n, (source, event, body) in enumerate(measured):
+            blob = zlib.compress(body, 1) if with_body else b""
+            compressed += len(blob)
+            conn.execute(
+                "INSERT INTO deliveries VALUES (NULL, ?, ?, 'webhook', ?, '2026-11-28T00:00:00Z', ?, ?, NULL)",
+                (source, f"m{n}", event, '{"Content-Type": "application/json"}', blob),
             )
-            batch_events.append(
-                (
-                    event_id,
-                    "github",
-                    "run",
-                    pipeline,
-                    str(10_000_000 + n),
-                    1,
-                    state,
-                    state,
-                    iso(created + step),
-                    iso(created + step),
-                    f"k-{event_id}",
-                    "{}",
-                )
-            )
-        if len(batch_runs) >= 20_000 or n == runs - 1:
-            conn.executemany(
-                "INSERT INTO runs (source, pipeline, run_id, attempt, number, branch, sha, status, provider_status,"
-                " url, created_at, started_at, finished_at, updated_at, duration_seconds, queue_seconds)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                batch_runs,
-            )
-            conn.executemany(
-                "INSERT INTO deliveries (source, delivery_id, origin, event, received_at, headers, body)"
-                " VALUES (?,?,?,?,?,?,?)",
-                batch_deliveries,
-            )
-            conn.executemany(
-                "INSERT INTO events (delivery, source, kind, pipeline, run_id, attempt, status, provider_status,"
-                " updated_at, recorded_at, key, data) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                batch_events,
-            )
-            batch_runs, batch_deliveries, batch_events = [], [], []
-    # The runs went in without the ingest transaction, which adds each to the run totals that /metrics
-    # is rebuilt from: add them as the upgrade to schema 4 does, once, for a store that has runs.
-    filling = time.monotonic()
-    totals.backfill(conn)
-    filled = time.monotonic() - filling
-    conn.execute("COMMIT")
-    conn.close()
-    return event_id, time.monotonic() - started, filled
+        conn.execute("COMMIT")
+        conn.close()
+        sizes.append(pages(path, "deliveries"))
+    return (sizes[1] - sizes[0]) * PAGE, compressed
 
 
 def start(tmp: Path, db: Path) -> tuple[subprocess.Popen[bytes], int, float]:
@@ -194,62 +221,71 @@ def timed(url: str, count: int, token: str | None = TOKEN) -> tuple[float, float
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--events", type=int, default=10_000_000)
+    parser.add_argument("--bodies", type=int, default=2000)
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="flowforge-store-"))
-    empty, big = tmp / "empty.db", tmp / "big.db"
+    ok = raw_bodies(tmp, args.bodies)
+    started = time.monotonic()
+    big = bigstore.build(events=args.events)
+    print(f"store: {big.name} ({big.stat().st_size / 1e9:.1f} GB), ready in {time.monotonic() - started:.0f} s")
+    ok = per_event(big) and ok
+    ok = start_up(tmp, big, args.events) and ok
+    return 0 if ok else 1
+
+
+def raw_bodies(tmp: Path, count: int) -> bool:
+    train, measured = bodies(raw.TRAIN_AFTER * 3, seed=1), bodies(count, seed=2)  # each source trains
+    size = sum(len(body) for _, _, body in measured) / count
+    now_disk, now_bytes = asyncio.run(stored_now(tmp / "now.db", train, measured))
+    then_disk, then_bytes = stored_before(tmp, measured)
+    ratio = then_disk / now_disk
+    print(f"raw bodies: {count} real payloads ({size / 1000:.1f} KB on average, GitHub and GitLab fixtures varied)")
+    print(f"{'':<34}{'compressed B':>13}{'on disk B':>11}")
+    print(f"{'zlib in deliveries (before)':<34}{then_bytes / count:>13.0f}{then_disk / count:>11.0f}")
+    print(f"{'zstd + dictionary in raw_bodies':<34}{now_bytes / count:>13.0f}{now_disk / count:>11.0f}")
+    print(f"on disk: {ratio:.1f}x smaller (target >= 2x)")
+    figure("raw body on disk, zstd+dictionary", now_disk / count, "B", then_disk / count, ">= 2x smaller", ratio >= 2)
+    figure("raw body compressed, zstd+dictionary", now_bytes / count, "B", then_bytes / count, None, None)
+    return ratio >= 2
+
+
+def per_event(path: Path) -> bool:
+    sizes = bigstore.size_report(path)
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    (events,) = conn.execute("SELECT max(id) FROM events").fetchone()
+    conn.close()
+    bodies_bytes = sizes.get("raw_bodies", 0) + sizes.get("dictionaries", 0)
+    total = path.stat().st_size
+    per = (total - bodies_bytes) / events
+    print(f"storage: {events:,} events, {total / 1e9:.2f} GB, {per:.0f} bytes per event without raw bodies")
+    for name, size in sorted(sizes.items(), key=lambda item: -item[1])[:8]:
+        print(f"    {name:<40}{size / events:>8.0f} B/event")
+    figure("storage per event, no raw bodies", per, "B", None, "< 600 B", per < 600)
+    return per < 600
+
+
+def start_up(tmp: Path, big: Path, events: int) -> bool:
+    """READY=1 on the big store beside an empty one; then how long after READY /metrics answers, with the
+    store's run totals (they load after READY=1, app.py: _rebuild())."""
+    empty = tmp / "empty.db"
     conn = connect(empty)
     migrate(conn)
     conn.close()
-    made, seconds, filled = build(big, args.events)
-    print(
-        f"store: {made:,} events, {made // 3:,} runs, {big.stat().st_size / 1e6:.0f} MB, built in {seconds:.0f} s"
-        f" (run totals filled from the runs in {filled:.1f} s, as the upgrade to schema 4 does once)"
-    )
-    rows, counted = [], {}
-    for name, db in (("empty store (baseline)", empty), (f"{made:,} events", big)):
-        process, port, ready = start(tmp, db)
-        try:
-            time.sleep(1.0)
-            memory = rss_mb(process.pid)
-            base = f"http://127.0.0.1:{port}"
-            health = timed(f"{base}/healthz", 300, token=None)
-            counted[name] = counted_runs(base)
-            queries = {
-                "runs?source&pipeline&branch": timed(
-                    f"{base}/api/v1/runs?source=github&pipeline=org/repo007/.github/workflows/ci.yml&branch=main", 300
-                ),
-                "runs?status=failed": timed(f"{base}/api/v1/runs?status=failed", 300),
-                "runs?branch=dev&status=cancelled": timed(f"{base}/api/v1/runs?branch=dev&status=cancelled", 300),
-            }
-            rows.append((name, ready, memory, health, queries))
-        finally:
-            process.terminate()
-            process.wait(30)
-    print(f"{'':<26}{'start-up s':>11}{'RSS MB':>8}   {'query':<34}{'p50 ms':>7}{'p99 ms':>7}")
-    for name, ready, memory, health, queries in rows:
-        floor = "GET /healthz (HTTP floor)"
-        print(f"{name:<26}{ready:>11.2f}{memory:>8.0f}   {floor:<34}{health[0]:>7.2f}{health[1]:>7.2f}")
-        for query, (p50, p99, _) in queries.items():
-            print(f"{'':<45}{'GET /api/v1/' + query:<34}{p50:>7.2f}{p99:>7.2f}")
-    print(
-        f"runs counted by /metrics once READY (flowforge_pipeline_runs_finished_total): {counted[rows[-1][0]]:,}"
-        f" of {made // 3:,} in the store"
-    )
-    _, base_ready, base_memory, health, _ = rows[0]
-    figure("RSS idle, empty store", base_memory, "MB", None, "< 150 MB", base_memory < 150)
-    for query, (_, p99, _) in rows[-1][4].items():
-        figure(f"{query} p99 @1M events", p99, "ms", rows[-1][3][1], "< 20 ms", p99 < 20)
-    figure("RSS idle, 1M-event store", rows[-1][2], "MB", base_memory, "< 150 MB", rows[-1][2] < 150)
-    figure("start-up to READY, 1M-event store", rows[-1][1], "s", base_ready, "< 1 s", rows[-1][1] < 1)
-    _, ready, memory, _, queries = rows[-1]
-    worst = max(p99 for _, p99, _ in queries.values())
-    print(
-        f"targets at {made:,} events: runs query p99 < 20 ms: {'met' if worst < 20 else 'MISSED'} ({worst:.1f});"
-        f" memory < 150 MB: {'met' if memory < 150 else 'MISSED'} ({memory:.0f});"
-        f" start-up < 1 s: {'met' if ready < 1 else 'MISSED'} ({ready:.2f})"
-    )
-    return 0
+    ready, complete, counted = {}, 0.0, 0
+    for name, db in (("empty", empty), ("big", big)):
+        process, port, ready[name] = start(tmp, db)
+        if name == "big":
+            started = time.monotonic()
+            counted = counted_runs(f"http://127.0.0.1:{port}")  # answered once the totals are loaded
+            complete = time.monotonic() - started
+        process.terminate()
+        process.wait(30)
+    print(f"start-up to READY: {ready['big']:.2f} s at {events:,} events, {ready['empty']:.2f} s empty (target < 1 s)")
+    print(f"    /metrics answers {complete:.2f} s after READY, with the run totals ({counted:,} runs not stale)")
+    figure(f"start-up to READY @{events / 1e6:g}M events", ready["big"], "s", ready["empty"], "< 1 s", ready["big"] < 1)
+    figure("run totals loaded after READY", complete, "s", None, None, None)
+    return ready["big"] < 1
 
 
 if __name__ == "__main__":

@@ -26,8 +26,9 @@ import aiohttp
 import pytest
 import yaml
 
-from flowforged.metrics import NOTIFICATION_OUTCOMES, POLL_OUTCOMES, RUN_STATUSES, WEBHOOK_OUTCOMES, Metrics
+from flowforged.metrics import NOTIFICATION_OUTCOMES, POLL_OUTCOMES, WEBHOOK_OUTCOMES, Metrics
 from flowforged.model import RunEvent, seconds_between
+from flowforged.run_totals import RUN_STATUSES
 from flowforged_plugins import github, gitlab
 from tests.conftest import ROOT, fixture
 from tests.daemon import free_port

@@ -26,6 +26,7 @@ REQUIRED_PANELS = {
     "success rate": "Success rate",
     "failures": "Failed runs",
     "duration": "Run duration p50 / p95",
+    "mean duration": "Mean run duration",
     "queue": "Queue time",
     "webhooks": "Webhook deliveries",
     "polling": "Poll requests",
@@ -38,7 +39,7 @@ REQUIRED_PANELS = {
 def exported_series() -> set[str]:
     """The names Prometheus stores for what Metrics exports: counters with _total, histograms as
     _bucket, _sum and _count. A query naming a histogram's family name alone would find nothing."""
-    metrics = everything(Metrics(CollectorRegistry(), process_metrics=False, clock=lambda: NOW))
+    metrics = everything(Metrics(CollectorRegistry(), process_metrics=False, clock=lambda: NOW, detail=["*"]))
     return {line.split("{", 1)[0].split(" ", 1)[0] for line in samples(generate_latest(metrics.registry))}
 
 
@@ -132,6 +133,7 @@ def test_every_metric_in_the_rules_and_the_dashboard_is_one_flowforged_exports()
     names = {name for _, name in used}
     assert {
         "flowforge_pipeline_run_duration_seconds_bucket",
+        "flowforge_pipeline_run_time_seconds_sum",
         "flowforge_pipeline_runs_finished_total",
     } <= names
     # Outside flowforge_*, the rules may only use Prometheus's own `up`.

@@ -8,17 +8,20 @@ import math
 import random
 import re
 import sqlite3
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import pytest
+import sqlite_utils
 from aiohttp import web
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
-from flowforged.metrics import MAX_EVENTS_PER_SOURCE, RUN_BUCKETS, RUN_STATUSES, Histogram, Metrics
+from flowforged.metrics import MAX_EVENTS_PER_SOURCE, Metrics
 from flowforged.model import RunEvent, Status, iso
+from flowforged.run_totals import RUN_BUCKETS, RUN_STATUSES, Histogram
 from flowforged.store import Delivery, totals
 from flowforged.store.ingest import ingest
 from flowforged.store.schema import MIGRATIONS, migrate
@@ -42,6 +45,7 @@ FAMILIES = {
     "flowforge_pipeline_status": "gauge",
     "flowforge_pipeline_status_since_timestamp_seconds": "gauge",
     "flowforge_pipeline_last_finished_timestamp_seconds": "gauge",
+    "flowforge_pipeline_run_time_seconds": "summary",
     "flowforge_pipeline_run_duration_seconds": "histogram",
     "flowforge_pipeline_run_queue_seconds": "histogram",
     "flowforge_notifications_total": "counter",
@@ -50,13 +54,16 @@ FAMILIES = {
 }
 
 
-def new(clock: float = NOW, **options) -> Metrics:
+def new(clock: float | Callable[[], float] = NOW, **options) -> Metrics:
     options.setdefault("process_metrics", False)
-    return Metrics(CollectorRegistry(), clock=lambda: clock, version="1.2.3", **options)
+    options.setdefault("detail", ["*"])  # every series of every pipeline; test_lean_* test the default
+    now = clock if callable(clock) else lambda: clock
+    return Metrics(CollectorRegistry(), clock=now, version="1.2.3", **options)
 
 
 def text(metrics: Metrics) -> str:
-    return generate_latest(metrics.registry).decode()
+    """What /metrics serves in the text format."""
+    return metrics.body(openmetrics=False).decode()
 
 
 def sample(metrics: Metrics, name: str, **labels: str) -> float | None:
@@ -81,7 +88,7 @@ def test_process_metrics_have_their_standard_names():
 
 def test_every_family_passes_promtool_with_help_and_flowforge_prefix():
     metrics = everything(new(process_metrics=True))
-    exposition = generate_latest(metrics.registry)
+    exposition = metrics.body(openmetrics=False)
 
     checked = promtool("check", "metrics", stdin=exposition)
 
@@ -236,9 +243,9 @@ def test_ten_thousand_runs_on_five_thousand_branches_stay_a_few_dozen_series():
 
     lines = samples(text(metrics))
     # Per pipeline: 2 branch labels (master, other) x (4 status counters + status + since + last finish)
-    # = 14, plus the duration histogram (16 buckets + +Inf + sum + count = 19) and queue (13 + 3 = 16);
-    # two pipelines; then build_info and the unlabelled notification latency histogram (14 + 3).
-    assert len(lines) == 2 * (2 * 7 + 19 + 16) + 1 + 17
+    # = 14, plus the duration summary (sum + count), histogram (16 buckets + +Inf + sum + count = 19) and
+    # queue (13 + 3 = 16); two pipelines; then build_info and the notification latency histogram (14 + 3).
+    assert len(lines) == 2 * (2 * 7 + 2 + 19 + 16) + 1 + 17
     assert {_labels(line).get("branch") for line in lines} == {None, "master", "other"}
     other = [
         sample(metrics, "flowforge_pipeline_runs_finished_total", pipeline=GL, branch="other", status=status)
@@ -308,9 +315,7 @@ def test_unknown_outcomes_and_non_terminal_runs_are_refused():
 
 def test_pipelines_that_have_not_run_for_stale_after_drop_out_and_come_back_with_their_counts():
     clock = [NOW]
-    metrics = Metrics(
-        CollectorRegistry(), stale_after=7 * DAY, clock=lambda: clock[0], version="1.2.3", process_metrics=False
-    )
+    metrics = new(lambda: clock[0], stale_after=7 * DAY)
     runs = [
         github_run("failure", finished=iso_at(NOW - DAY)),
         gitlab_run("success", finished=gitlab_at(NOW - DAY + 60)),
@@ -355,7 +360,7 @@ def test_after_a_restart_no_counter_is_lower_than_before_it():
     finishes = [_at(run["finished_at"]) for run in runs]
     assert any(later - earlier > 7 * DAY for earlier, later in zip(finishes, finishes[1:], strict=False))
     clock = [finishes[0]]
-    live = Metrics(CollectorRegistry(), clock=lambda: clock[0], process_metrics=False)
+    live = new(lambda: clock[0])
     for run in runs:  # the daemon up for 30 days, scraped as the runs come, stale series left out
         clock[0] = _at(run["finished_at"])
         live.run_finished(run)
@@ -507,13 +512,13 @@ def test_a_store_from_before_the_run_totals_gets_them_at_upgrade():
     live = new(clock=_at(runs[-1]["finished_at"]))
     for run in runs:
         live.run_finished(run)
-    # The store as version 3 left it: runs, no totals.
+    # The store as version 3 left it: runs, no totals; then the migration that adds them. (Only that
+    # one: the later ones expect the objects of their predecessors not to exist yet.)
     conn.execute("DROP TABLE run_totals")
     conn.execute("DROP TABLE pipeline_totals")
     conn.execute("DROP INDEX idx_runs_decisive")
-    conn.execute("PRAGMA user_version = 3")
-
-    assert migrate(conn) == len(MIGRATIONS)
+    with conn:
+        MIGRATIONS[3](sqlite_utils.Database(conn))
 
     upgraded = new(clock=_at(runs[-1]["finished_at"]))
     assert totals.rebuild(conn, upgraded) == len(runs)

@@ -59,9 +59,12 @@ async def test_promtool_accepts_the_metrics_of_a_daemon_fed_real_payloads(daemon
     text = scrape(daemon.url)
     result = promtool("check", "metrics", stdin=text.encode())
     assert result.returncode == 0, result.stdout + result.stderr
-    labels = f'branch="master",pipeline="{GH}",source="github",status="failed"'
+    # By default every pipeline counts its runs by status, and keeps no histogram (metrics.detail).
+    labels = f'pipeline="{GH}",source="github",status="failed"'
     line = f"flowforge_pipeline_runs_finished_total{{{labels}}} 1.0"
     assert line in text.replace(", ", ",")
+    assert f'flowforge_pipeline_run_time_seconds_count{{pipeline="{GH}",source="github"}} 2.0' in text
+    assert "flowforge_pipeline_run_duration_seconds_bucket" not in text
     assert 'flowforge_webhook_deliveries_total{event="workflow_run",outcome="duplicate",source="github"} 2.0' in text
     assert 'flowforge_webhook_deliveries_total{event="unknown",outcome="rejected",source="github"} 1.0' in text
 
@@ -70,7 +73,7 @@ async def test_prometheus_scrapes_the_daemon_and_series_survive_a_restart(daemon
     daemon.start()
     await feed(daemon.url)
     async with prometheus_server(tmp_path, [f"127.0.0.1:{daemon.port}"]) as prom:
-        runs = f'flowforge_pipeline_runs_finished_total{{pipeline="{GH}", branch="master", status=~"success|failed"}}'
+        runs = f'flowforge_pipeline_runs_finished_total{{pipeline="{GH}", status=~"success|failed"}}'
         await wait_for_query(prom, runs, lambda r: sorted(value(r)) == [1, 1])
         status = f'flowforge_pipeline_status{{pipeline="{GH}", branch="master"}}'
         await wait_for_query(prom, status, lambda r: [s["metric"]["status"] for s in r] == ["failed"])

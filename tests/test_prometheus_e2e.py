@@ -39,7 +39,8 @@ def statuses(result: list[dict]) -> list[str]:
 
 
 async def test_prometheus_sees_each_run_once_and_the_status_label_move(aiohttp_server, tmp_path):
-    metrics = Metrics(CollectorRegistry(), clock=lambda: NOW, version="9.9.9")
+    # The GitHub pipeline with every detail (metrics.detail), the GitLab one as every pipeline is by default.
+    metrics = Metrics(CollectorRegistry(), clock=lambda: NOW, version="9.9.9", detail=[GH])
     metrics.run_finished(github_run("success"))
     metrics.run_finished(gitlab_run("success"))
     metrics.webhook("github", "workflow_run", "accepted", 0.004)
@@ -48,7 +49,7 @@ async def test_prometheus_sees_each_run_once_and_the_status_label_move(aiohttp_s
     server = await aiohttp_server(app)
 
     async with prometheus_server(tmp_path, [f"127.0.0.1:{server.port}"], rule_files=[ALERTS]) as prom:
-        runs = 'flowforge_pipeline_runs_finished_total{pipeline="%s", branch="master", status=~"%s"}'
+        runs = 'flowforge_pipeline_runs_finished_total{pipeline="%s", status=~"%s"}'
         await wait_for_query(prom, runs % (GH, "success"), lambda result: value(result) == [1])
         status = f'flowforge_pipeline_status{{pipeline="{GH}", branch="master", default_branch="true"}}'
         await wait_for_query(prom, status, lambda result: statuses(result) == ["success"])
@@ -74,7 +75,15 @@ async def test_prometheus_sees_each_run_once_and_the_status_label_move(aiohttp_s
                 continue
             answers[title, expr] = await query(prom, grafana(expr))
         panels_with_data = {title for (title, _), result in answers.items() if result}
-        assert {"Current status", "Success rate over $window", "Webhook deliveries"} <= panels_with_data
+        assert {
+            "Current status",
+            "Success rate over $window",
+            "Webhook deliveries",
+            "Run duration p50 / p95 ($window)",  # the pipeline in metrics.detail
+        } <= panels_with_data
+        # Both pipelines in the status table, whether in metrics.detail or not.
+        table = next(result for (title, _), result in answers.items() if title == "Current status")
+        assert {sample["metric"]["pipeline"] for sample in table} == {GH, "gitlab-org/gitlab-test"}
 
 
 def grafana(expr: str) -> str:

@@ -226,6 +226,7 @@ def slow_reader(port: int, path: str) -> socket.socket:
 
 def test_clients_that_never_read_their_answer_are_disconnected(make_daemon, tmp_path):
     config = base_config(tmp_path / "flowforge.db", server={"send_timeout": "2s"})
+    config["metrics"] = {"detail": ["*"]}  # every pipeline's histograms: an answer far larger than the buffers
     daemon = make_daemon(config=config)
     daemon.start()
     feed_pipelines(daemon, 100)

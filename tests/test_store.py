@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sqlite3
 import zlib
 
@@ -10,7 +11,7 @@ import pytest
 
 from flowforged.ingest import redecode
 from flowforged.model import RunEvent
-from flowforged.store import Delivery, Store, reindex
+from flowforged.store import Delivery, Store, connect, raw, reindex
 from flowforged.store.schema import MIGRATIONS
 from flowforged_plugins.github import GitHubProvider, normalize_run
 from tests.conftest import base_config, github_run, make_config
@@ -139,10 +140,32 @@ async def test_one_failing_item_does_not_fail_its_batch(store):
 async def test_raw_body_is_compressed_and_headers_kept(store):
     body = b'{"hello": "world"}' * 100
     await store.ingest(delivery("z", body=body), [], NOW)
-    conn = sqlite3.connect(store.path)
-    stored, headers = conn.execute("SELECT body, headers FROM deliveries").fetchone()
-    assert len(stored) < len(body) and zlib.decompress(stored) == body
-    assert headers == '{"X-GitHub-Event": "workflow_run"}'
+    conn = connect(store.path, readonly=True)
+    row, stored, *kept = conn.execute(
+        "SELECT id, body, headers, header_set, event, delivery_id FROM deliveries"
+    ).fetchone()
+    (compressed,) = conn.execute("SELECT length(body) FROM raw_bodies WHERE delivery = ?", (row,)).fetchone()
+    assert compressed < len(body) and raw.read(conn, row, stored) == body
+    assert raw.headers(conn, *kept) == {"X-GitHub-Event": "workflow_run"}
+
+
+async def test_headers_are_kept_once_per_set_each_delivery_reads_its_own(store, db_path):
+    sent = {}
+    for n in ("a1", "b2"):
+        headers = {"X-GitHub-Event": "workflow_job", "X-GitHub-Delivery": n, "Content-Type": "application/json"}
+        sent[n] = headers
+        await store.ingest(dataclasses.replace(delivery(n), event="workflow_job", headers=headers), [], NOW)
+    conn = connect(db_path)
+    # A row from before schema 10 keeps its headers in the row, and is read as it is.
+    conn.execute(
+        "INSERT INTO deliveries (source, delivery_id, origin, event, received_at, headers, body)"
+        " VALUES ('github', 'c3', 'webhook', 'workflow_run', ?, ?, X'')",
+        (NOW, '{"X-GitHub-Event": "workflow_run", "X-GitHub-Delivery": "c3"}'),
+    )
+    sent["c3"] = {"X-GitHub-Event": "workflow_run", "X-GitHub-Delivery": "c3"}
+    rows = conn.execute("SELECT delivery_id, headers, header_set, event, delivery_id FROM deliveries").fetchall()
+    assert {row[0]: raw.headers(conn, *row[1:]) for row in rows} == sent
+    assert conn.execute("SELECT count(*) FROM header_sets").fetchone()[0] == 1  # both new rows share one
 
 
 def test_schema_is_migrated_once_and_reopens(db_path):
@@ -219,3 +242,105 @@ def test_run_order_breaks_ties_by_run_number_not_by_id_text():
     assert run_order(same_second, "job#9", 1, 9) < run_order(same_second, "job#10", 1, 10)
     assert run_order(same_second, "f0e1-uuid", 1, 41) < run_order(same_second, "0a1b-uuid", 1, 42)
     assert run_order(same_second, "100", 1, 7) < run_order(same_second, "100", 2, 7)  # a re-run attempt is later
+
+
+def stored_body_row(conn: sqlite3.Connection, delivery_id: str) -> tuple[int, bytes]:
+    return conn.execute("SELECT id, body FROM deliveries WHERE delivery_id = ?", (delivery_id,)).fetchone()
+
+
+async def wait_for(condition, timeout: float = 20.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)
+
+
+def github_body(run_id: int) -> bytes:
+    import json
+
+    payload = github_run("success" if run_id % 3 else "failure", run_id=run_id)
+    payload["workflow_run"]["path"] = f".github/workflows/ci-{run_id % 40}.yml"
+    return json.dumps(payload).encode()
+
+
+async def test_a_source_gets_a_dictionary_and_its_raw_bodies_shrink_to_under_half_of_zlib(store):
+    bodies = {f"d{n}": github_body(1000 + n) for n in range(raw.TRAIN_AFTER)}
+    await asyncio.gather(*(store.ingest(delivery(key, body=body), [], NOW) for key, body in bodies.items()))
+    conn = connect(store.path, readonly=True)
+    await wait_for(lambda: conn.execute("SELECT count(*) FROM dictionaries WHERE source = 'github'").fetchone()[0])
+    later = github_body(5000)
+    await store.ingest(delivery("later", body=later), [], NOW)
+    row, stored = stored_body_row(conn, "later")
+    dictionary, size = conn.execute(
+        "SELECT dictionary, length(body) FROM raw_bodies WHERE delivery = ?", (row,)
+    ).fetchone()
+    assert dictionary is not None
+    assert size * 2 < len(zlib.compress(later, 1))
+    assert raw.read(conn, row, stored) == later
+    for key, body in bodies.items():  # those stored before the dictionary are read as they were
+        assert raw.read(conn, *stored_body_row(conn, key)) == body
+
+
+async def test_a_body_stored_with_zlib_before_raw_bodies_is_still_read_by_reindex(store, db_path):
+    body = github_body(77)
+    store.close()
+    conn = connect(db_path)
+    conn.execute(
+        "INSERT INTO deliveries (source, delivery_id, origin, event, received_at, headers, body, parse_error)"
+        " VALUES ('github', 'old', 'webhook', 'workflow_run', ?, '{}', ?, 'ValueError: parser bug')",
+        (NOW, zlib.compress(body, 1)),
+    )
+    cfg = make_config(base_config(db_path))
+    providers = {"github": GitHubProvider("github", cfg.source_configs["github"])}
+    progress = list(reindex(conn, lambda *a: redecode(providers, *a), NOW, only_errors=True))
+    assert progress[-1] == (1, 1, 0)
+    assert conn.execute("SELECT run_id FROM runs").fetchall() == [("77",)]
+
+
+async def test_pruning_a_raw_body_drops_its_raw_bodies_row(store):
+    from flowforged.store import queries
+
+    await store.ingest(delivery("p", body=github_body(3)), [], NOW)
+    assert await store.write(queries.prune_raw, "2100-01-01T00:00:00Z") == 1
+    conn = connect(store.path, readonly=True)
+    assert conn.execute("SELECT count(*) FROM raw_bodies").fetchone()[0] == 0
+    assert raw.read(conn, *stored_body_row(conn, "p")) == b""
+
+
+async def test_commits_never_checkpoint_the_wal_a_thread_beside_the_writer_does(db_path):
+    store = Store(db_path, checkpoint_at=64 * 1024).open()
+    assert await store.write(lambda conn: conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0]) == 0
+    size = store.path.stat().st_size
+    await asyncio.gather(*(store.ingest(delivery(f"w{n}", body=github_body(n)), [], NOW) for n in range(100)))
+    try:
+        await wait_for(lambda: store.path.stat().st_size > size)  # pages copied from the WAL by the checkpointer
+    finally:
+        store.close()
+
+
+async def test_a_state_recorded_before_key_digests_is_not_recorded_again(db_path):
+    """A store upgraded with events whose key is text: the same state arriving again adds nothing."""
+    event = run_event("failure", 41)
+    store = Store(db_path).open()
+    await store.ingest(delivery("first"), [event], NOW)
+    store.close()
+    conn = sqlite3.connect(db_path)
+    from flowforged.store.ingest import event_key
+
+    # As the store held it before: the key as text, and the mark the upgrade leaves for such a store.
+    conn.execute("UPDATE events SET key = ?", (event_key(event),))
+    conn.execute("UPDATE store_marks SET value = 1 WHERE name = 'legacy_event_keys'")
+    conn.commit()
+    store = Store(db_path).open()
+    try:
+        result = await store.ingest(delivery("again"), [event], NOW)
+    finally:
+        store.close()
+    assert result.events == []
+    assert conn.execute("SELECT count(*) FROM events").fetchone()[0] == 1
+
+
+async def test_event_keys_are_short_digests(store):
+    await store.ingest(delivery("k"), [run_event("success", 42)], NOW)
+    conn = sqlite3.connect(store.path)
+    assert conn.execute("SELECT typeof(key), length(key) FROM events").fetchall() == [("blob", 12)]

@@ -26,8 +26,8 @@ from flowforged.api.base import (
 )
 from flowforged.api.reads import capabilities, cursor_id, find_pipeline, find_run
 from flowforged.api.times import timestamp
-from flowforged.store import api as sql
 from flowforged.store import outbox
+from flowforged.store import reads as sql
 
 LATEST = 253402300799.0  # 9999-12-31T23:59:59Z: the last time RFC 3339 (and gmtime) can show
 

@@ -12,8 +12,8 @@ from flowforged import plugin
 from flowforged.api import schemas
 from flowforged.api.base import NotFound, Query, answer, context, page, path_id
 from flowforged.model import Status
-from flowforged.store import api as sql
 from flowforged.store import queries
+from flowforged.store import reads as sql
 
 STATUSES = tuple(status.value for status in Status)
 KINDS = ("run", "job")

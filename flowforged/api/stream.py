@@ -23,7 +23,7 @@ from flowforged.api.base import Context, Query, bad_parameter, context, log
 from flowforged.api.reads import KINDS
 from flowforged.api.schemas import Event
 from flowforged.bus import Message
-from flowforged.store import api as sql
+from flowforged.store import reads as sql
 
 KEEPALIVE = 15.0
 REPLAY_PAGE = 500

@@ -14,21 +14,18 @@ import asyncio
 import concurrent.futures
 import contextlib
 import fcntl
-import json
 import os
 import queue
 import sqlite3
 import threading
-import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-import sqlite_utils
-
 from flowforged import logs
 from flowforged.errors import FlowForgeError, StoreUnavailable
-from flowforged.store import queries
+from flowforged.model import utcnow
+from flowforged.store import queries, raw, wal
 from flowforged.store.ingest import Delivery, IngestResult, TransitionHook, apply_events, ingest
 from flowforged.store.schema import migrate
 
@@ -73,15 +70,27 @@ def lock(path: Path) -> int:
     return fd
 
 
+class Connection(sqlite3.Connection):
+    """A connection that keeps what it learnt of its database: its raw-body codecs (store/raw.py: a
+    dictionary id is the database's), and whether events from before key digests exist."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.raw_codecs = raw.Codecs()
+        self.legacy_event_keys: int | None = None  # store/eventrows.py: recorded_before_digests()
+
+
 def connect(
     path: Path, *, readonly: bool = False, synchronous: str = "NORMAL", busy_timeout: float = 5.0
 ) -> sqlite3.Connection:
     """A connection with FlowForge's settings. Transactions are explicit (isolation_level=None)."""
     if readonly:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False)
+        conn = sqlite3.connect(
+            f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False, factory=Connection
+        )
     else:
         create_private(path)
-        conn = sqlite3.connect(path, isolation_level=None)
+        conn = sqlite3.connect(path, isolation_level=None, factory=Connection)
         conn.execute("PRAGMA journal_mode = WAL")
         # NORMAL in WAL mode: a commit survives the process being killed; FULL also survives power loss.
         conn.execute(f"PRAGMA synchronous = {synchronous}")
@@ -106,6 +115,7 @@ class Store:
         busy_timeout: float = 5.0,
         readers: int = 4,
         on_transition: TransitionHook | None = None,
+        checkpoint_at: int = wal.CHECKPOINT_AT,
     ):
         self.path = Path(path)
         self.synchronous = synchronous
@@ -120,6 +130,8 @@ class Store:
         self.writes = 0
         self.last_error: str | None = None
         self._lock: int | None = None
+        self._stopping = threading.Event()
+        self._checkpointer = wal.Checkpointer(self.path, self._connect, checkpoint_at)
 
     # --- lifecycle ------------------------------------------------------------------------------
     def open(self) -> Store:
@@ -134,9 +146,13 @@ class Store:
         except BaseException:
             self._unlock()
             raise
+        self._stopping.clear()
+        self._checkpointer.start()
         return self
 
     def close(self) -> None:
+        self._stopping.set()
+        self._checkpointer.stop()
         if self._thread is not None:
             self._queue.put(_STOP)
             self._thread.join()
@@ -169,7 +185,22 @@ class Store:
         return await self.write(ingest, delivery, events, now, self.on_transition)
 
     def _connect(self) -> sqlite3.Connection:
-        return connect(self.path, synchronous=self.synchronous, busy_timeout=self.busy_timeout)
+        conn = connect(self.path, synchronous=self.synchronous, busy_timeout=self.busy_timeout)
+        wal.writer_settings(conn)  # checkpoints are the checkpointer's (store/wal.py)
+        return conn
+
+    def _train(self, source: str) -> None:
+        """Train the source's raw-body dictionary on its stored bodies (store/raw.py), off the writer
+        thread (it takes a fraction of a second), then keep it through the writer."""
+        conn = connect(self.path, readonly=True)
+        try:
+            bodies = raw.samples(conn, source)
+        finally:
+            conn.close()
+        data = raw.train(bodies)
+        if data is not None and not self._stopping.is_set():
+            self.write_sync(raw.add_dictionary, source, data, len(bodies), utcnow())
+            log.info("raw-body dictionary trained", source=source, samples=len(bodies), bytes=len(data))
 
     def _run(self, ready: concurrent.futures.Future[None]) -> None:
         try:
@@ -197,8 +228,15 @@ class Store:
             conn = self._commit(conn, batch)  # type: ignore[arg-type]
             if stop:
                 break
+            if conn is not None and conn.raw_codecs.wanted:  # type: ignore[attr-defined]
+                self._start_training(conn.raw_codecs.wanted)  # type: ignore[attr-defined]
         if conn is not None:
             conn.close()
+
+    def _start_training(self, wanted: set[str]) -> None:
+        for source in wanted:
+            threading.Thread(target=self._train, args=(source,), name="store-train", daemon=True).start()
+        wanted.clear()
 
     def _commit(self, conn: sqlite3.Connection | None, batch: list[_Job]) -> sqlite3.Connection | None:
         """Commit a batch; return the connection to use next (None after a failure: reconnect then,
@@ -309,7 +347,7 @@ def reindex(
     done = new_events = errors = 0
     while True:
         rows = conn.execute(
-            f"SELECT id, source, event, headers, body, received_at FROM deliveries {where}"  # noqa: S608
+            f"SELECT id, source, event, headers, header_set, delivery_id, body, received_at FROM deliveries {where}"  # noqa: S608
             " AND id > ? ORDER BY id LIMIT ?",
             (last, batch),
         ).fetchall()
@@ -317,10 +355,12 @@ def reindex(
             return
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for row_id, source, event, headers, body, received_at in rows:
+            for row_id, source, event, stored, header_set, delivery_id, body, received_at in rows:
                 # Dated as when it was received, so a payload that names no time (a Jenkins notification
                 # without one) gets the same key as the first time and is not stored again.
-                events, error = decode(source, json.loads(headers), zlib.decompress(body), event, received_at)
+                body = raw.read(conn, row_id, body)
+                headers = raw.headers(conn, stored, header_set, event, delivery_id)
+                events, error = decode(source, headers, body, event, received_at)
                 conn.execute("UPDATE deliveries SET parse_error = ? WHERE id = ?", (error, row_id))
                 result = IngestResult(delivery=row_id)
                 apply_events(conn, row_id, events, now, result, None, notify=False)
@@ -333,7 +373,3 @@ def reindex(
             raise
         done += len(rows)
         yield done, new_events, errors
-
-
-def open_database(path: Path) -> sqlite_utils.Database:
-    return sqlite_utils.Database(connect(path))

@@ -9,15 +9,13 @@ polled state a second time changes nothing and yields no transition.
 from __future__ import annotations
 
 import dataclasses
-import json
 import sqlite3
-import zlib
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
 from flowforged.model import Event, JobEvent, RunEvent, Status, iso, next_transition, seconds_between
-from flowforged.store import totals
+from flowforged.store import eventrows, raw, totals
 
 _RANK = {Status.PENDING: 0, Status.BLOCKED: 1, Status.RUNNING: 2}
 _REPLACED = frozenset({"status", "provider_status", "updated_at", "finished_at", "duration_seconds"})
@@ -73,14 +71,6 @@ def state_branch(event: RunEvent) -> str:
     return f"pull:{event.branch or ''}"
 
 
-def event_data(event: Event) -> dict[str, Any]:
-    """The event as a flat dict (dataclasses.asdict deep-copies: too slow for the ingest path)."""
-    data = {f.name: getattr(event, f.name) for f in dataclasses.fields(event)}
-    data = {k: v for k, v in data.items() if v is not None}
-    data["kind"] = event.kind
-    return data
-
-
 def event_key(event: Event) -> str:
     job = event.job_id if isinstance(event, JobEvent) else ""
     return "|".join(
@@ -98,21 +88,26 @@ def event_key(event: Event) -> str:
 
 
 def insert_delivery(conn: sqlite3.Connection, delivery: Delivery) -> int | None:
+    headers = raw.header_set(conn, delivery.headers, delivery.event, delivery.delivery_id)
     cursor = conn.execute(
-        "INSERT INTO deliveries (source, delivery_id, origin, event, received_at, headers, body, parse_error)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (source, delivery_id) DO NOTHING",
+        "INSERT INTO deliveries (source, delivery_id, origin, event, received_at, headers, header_set, body,"
+        " parse_error) VALUES (?, ?, ?, ?, ?, '', ?, ?, ?) ON CONFLICT (source, delivery_id) DO NOTHING",
         (
             delivery.source,
             delivery.delivery_id,
             delivery.origin,
             delivery.event,
             delivery.received_at,
-            json.dumps(dict(delivery.headers)),
-            zlib.compress(delivery.body, 1),
+            headers,
+            raw.STORED if delivery.body else b"",
             delivery.parse_error,
         ),
     )
-    return cursor.lastrowid if cursor.rowcount else None
+    if not cursor.rowcount:
+        return None
+    if delivery.body:
+        raw.write(conn, cursor.lastrowid, delivery.source, delivery.body)  # type: ignore[arg-type]
+    return cursor.lastrowid
 
 
 def ingest(
@@ -141,36 +136,76 @@ def apply_events(
     notify: bool,
 ) -> None:
     for event in events:
-        data = event_data(event)
-        job_id = event.job_id if isinstance(event, JobEvent) else None
+        key = event_key(event)
+        if eventrows.recorded_before_digests(conn, key):
+            continue
+        if isinstance(event, RunEvent):
+            plan = _plan_run(conn, event)
+            facts = plan.after
+        else:
+            row = conn.execute(_JOB_FACTS, (event.source, event.run_id, event.attempt)).fetchone()
+            facts = dict(zip(eventrows.INHERITED["job"], row, strict=True)) if row else None
+        # The event's columns, and in data only what its run's row will not tell (store/eventrows.py).
         cursor = conn.execute(
-            "INSERT INTO events (delivery, source, kind, pipeline, run_id, attempt, job_id, status,"
-            " provider_status, updated_at, recorded_at, key, data) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
-            " ON CONFLICT (key) DO NOTHING",
+            "INSERT INTO events (delivery, source, kind, run_id, attempt, job_id, status, provider_status,"
+            " updated_at, key, data) VALUES (?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (key) DO NOTHING",
             (
                 delivery,
                 event.source,
                 event.kind,
-                event.pipeline,
                 event.run_id,
                 event.attempt,
-                job_id,
+                event.job_id if isinstance(event, JobEvent) else None,
                 event.status.value,
                 event.provider_status,
                 event.updated_at,
-                now,
-                event_key(event),
-                json.dumps(data),
+                eventrows.key_digest(key),
+                eventrows.own_data(event, facts),
             ),
         )
         if not cursor.rowcount:
             continue  # this state of this run was recorded before (webhook and poll, or a redelivery)
+        data = eventrows.event_data(event)
         data["id"] = cursor.lastrowid
         result.events.append(data)
         if isinstance(event, RunEvent):
-            _apply_run(conn, event, now, result, on_transition, notify)
+            _apply_run(conn, event, plan, cursor.lastrowid, now, result, on_transition, notify)  # type: ignore[arg-type]
         else:
             _apply_job(conn, event)
+
+
+_JOB_FACTS = (
+    f"SELECT {', '.join(eventrows.INHERITED['job'])} FROM runs"  # noqa: S608 - column names, no values
+    " WHERE source = ? AND run_id = ? AND attempt = ?"
+)
+_EXISTING = (
+    f"SELECT id, status, updated_at, created_at, started_at, {', '.join(eventrows.RUN_FACTS)} FROM runs"  # noqa: S608
+    " WHERE source = ? AND run_id = ? AND attempt = ?"
+)
+
+
+@dataclasses.dataclass(slots=True)
+class _RunPlan:
+    """What applying a run's state will do to its row: `values` to write (None: the row has moved on),
+    and the run's facts before and after."""
+
+    existing: Sequence[Any] | None
+    values: dict[str, Any] | None
+    before: dict[str, Any] | None
+    after: dict[str, Any] | None
+
+
+def _plan_run(conn: sqlite3.Connection, event: RunEvent) -> _RunPlan:
+    existing = conn.execute(_EXISTING, (event.source, event.run_id, event.attempt)).fetchone()
+    before = dict(zip(eventrows.RUN_FACTS, existing[5:], strict=True)) if existing is not None else None
+    if existing is not None and not _newer(event, existing[2], existing[1]):
+        return _RunPlan(existing, None, before, before)  # an older state arriving late: the run moved on
+    values = _run_values(event, existing)
+    if before is None:
+        return _RunPlan(existing, values, None, {name: values[name] for name in eventrows.RUN_FACTS})
+    # An update keeps what this state does not tell (COALESCE in _apply_run).
+    after = {name: before[name] if values[name] is None else values[name] for name in eventrows.RUN_FACTS}
+    return _RunPlan(existing, values, before, after)
 
 
 def _newer(event: Event, updated_at: str, status: str) -> bool:
@@ -183,6 +218,8 @@ def _newer(event: Event, updated_at: str, status: str) -> bool:
 def _apply_run(
     conn: sqlite3.Connection,
     event: RunEvent,
+    plan: _RunPlan,
+    event_row: int,
     now: str,
     result: IngestResult,
     on_transition: TransitionHook | None,
@@ -195,14 +232,14 @@ def _apply_run(
         " default_branch = COALESCE(excluded.default_branch, default_branch)",
         (event.source, event.pipeline, event.pipeline_name, event.repo, event.default_branch, now, now),
     )
-    existing = conn.execute(
-        "SELECT id, status, updated_at, created_at, started_at FROM runs"
-        " WHERE source = ? AND run_id = ? AND attempt = ?",
-        (event.source, event.run_id, event.attempt),
-    ).fetchone()
-    if existing is not None and not _newer(event, existing[2], existing[1]):
+    values, existing = plan.values, plan.existing
+    if values is None:
         return  # an older state arriving late: the run already moved on
-    values = _run_values(event, existing)
+    # Earlier events of the run that took a fact from its row keep the value they were recorded with.
+    before = plan.before or dict.fromkeys(eventrows.RUN_FACTS)
+    changed = {name: before[name] for name in eventrows.RUN_FACTS if plan.after[name] != before[name]}  # type: ignore[index]
+    if changed:
+        eventrows.pin(conn, event.source, event.run_id, event.attempt, changed, event_row)
     if existing is None:
         columns = ", ".join(values)
         cursor = conn.execute(
@@ -221,7 +258,7 @@ def _apply_run(
         )
     if not event.status.terminal or previous == event.status.value:
         return
-    run = {"id": run_row, **values, "default_branch": event.default_branch, "pipeline_name": event.pipeline_name}
+    run = {"id": run_row, **values}
     if event.proposed:
         # Its state, its totals and its notifications are the pull request's, not the base branch's.
         run |= {"branch": state_branch(event), "head_branch": event.branch, "proposed": True}
@@ -263,6 +300,9 @@ def _run_values(event: RunEvent, existing: Sequence[Any] | None) -> dict[str, An
         "trigger": event.trigger,
         "pull_request": event.pull_request,
         "head_repo": event.head_repo,
+        "pipeline_name": event.pipeline_name,
+        "repo": event.repo,
+        "default_branch": event.default_branch,
     }
     return values
 

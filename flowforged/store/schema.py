@@ -6,11 +6,13 @@ A migration is never edited once released: add a new one.
 from __future__ import annotations
 
 import sqlite3
-
-import sqlite_utils
+from typing import TYPE_CHECKING
 
 from flowforged import logs
 from flowforged.store import totals
+
+if TYPE_CHECKING:
+    import sqlite_utils
 
 log = logs.get("flowforged.store")
 
@@ -239,18 +241,98 @@ def _v5(db: sqlite_utils.Database) -> None:
             db.execute(f"ALTER TABLE runs ADD COLUMN {column} {kind}")
 
 
-MIGRATIONS = [_v1, _v2, _v3, _v4, _v5]
+def _v6(db: sqlite_utils.Database) -> None:
+    """Every filter of the runs list answered by an index in id order (store/queries.py: runs())."""
+    # Each index ends in the rowid, so equality on all of its columns reads the runs newest first; a
+    # column the filter leaves open, source or status (a handful of values), is read value by value.
+    db.execute("CREATE INDEX IF NOT EXISTS idx_runs_source_status ON runs (source, status)")
+    db.execute("CREATE INDEX IF NOT EXISTS idx_runs_branch_source_status ON runs (branch, source, status)")
+    db.execute("CREATE INDEX IF NOT EXISTS idx_runs_pipeline_status ON runs (source, pipeline, status)")
+    db.execute("CREATE INDEX IF NOT EXISTS idx_runs_pipeline_branch_status ON runs (source, pipeline, branch, status)")
+    # Its prefix of the one above, which replaces it.
+    db.execute("DROP INDEX IF EXISTS idx_runs_source_pipeline_branch")
+
+
+def _v7(db: sqlite_utils.Database) -> None:
+    """Raw bodies in a table of their own, compressed with a dictionary per source (store/raw.py). Bodies
+    stored before stay in deliveries.body (zlib) and are read from there: nothing is rewritten."""
+    db.execute(
+        "CREATE TABLE dictionaries (id INTEGER PRIMARY KEY, source TEXT NOT NULL, trained_at TEXT NOT NULL,"
+        " samples INTEGER NOT NULL, data BLOB NOT NULL)"
+    )
+    db.execute(
+        "CREATE TABLE raw_bodies (delivery INTEGER PRIMARY KEY, dictionary INTEGER REFERENCES dictionaries (id),"
+        " body BLOB NOT NULL)"
+    )
+    # Pruning (storage.raw_retention_days) empties deliveries.body: the body it pointed to goes with it.
+    db.execute(
+        "CREATE TRIGGER raw_bodies_pruned AFTER UPDATE OF body ON deliveries WHEN length(new.body) = 0"
+        " BEGIN DELETE FROM raw_bodies WHERE delivery = new.id; END"
+    )
+
+
+def _v8(db: sqlite_utils.Database) -> None:
+    """Chat threads (store/threads.py): the message ids of each breakage, so its still-failing runs and
+    its fix reply in its thread after a restart; and the operations people asked for from a message."""
+    db.execute(
+        "CREATE TABLE chat_threads (id INTEGER PRIMARY KEY, sink TEXT NOT NULL, source TEXT NOT NULL,"
+        " pipeline TEXT NOT NULL, branch TEXT NOT NULL,"  # '' for runs of no branch (tags)
+        " channel TEXT NOT NULL, ts TEXT NOT NULL,"  # the parent message, as the chat service names it
+        " notification INTEGER, sha TEXT,"  # the breakage: its outbox.id (rule, run) and its commit
+        " opened_at REAL NOT NULL, broken_at REAL NOT NULL,"  # when posted; when the breaking run finished
+        " state TEXT NOT NULL, fixed_sha TEXT, updated_at REAL NOT NULL)"  # open | fixed | replaced
+    )
+    db.execute(
+        "CREATE UNIQUE INDEX idx_chat_threads_open ON chat_threads (sink, source, pipeline, branch)"
+        " WHERE state = 'open'"
+    )
+    db.execute("CREATE INDEX idx_chat_threads_message ON chat_threads (channel, ts)")
+    db.execute(
+        "CREATE TABLE operation_requests (id INTEGER PRIMARY KEY, at REAL NOT NULL, via TEXT NOT NULL,"
+        " user_id TEXT NOT NULL, user_name TEXT, action TEXT NOT NULL, source TEXT, pipeline TEXT,"
+        " branch TEXT, run INTEGER, outcome TEXT NOT NULL, detail TEXT)"  # accepted | refused | failed
+    )
+
+
+def _v9(db: sqlite_utils.Database) -> None:
+    """events.key holds a 12-byte digest of the key from now on (store/ingest.py: key_digest()). The
+    events stored before keep their key as text, unrewritten: while there are any, a new state is also
+    looked up by its text key, which this mark tells."""
+    db.execute("CREATE TABLE store_marks (name TEXT PRIMARY KEY, value INTEGER NOT NULL)")
+    db.execute("INSERT INTO store_marks SELECT 'legacy_event_keys', count(*) > 0 FROM (SELECT 1 FROM events LIMIT 1)")
+
+
+def _v10(db: sqlite_utils.Database) -> None:
+    """Compact rows, nothing rewritten (docs/architecture.md, "The store"). An event keeps in its data only
+    what its run's row does not tell (store/eventrows.py), so the run's row also holds the facts its
+    events took from the pipeline. A delivery's headers are kept once per distinct set, with its event
+    name and id left for the row's own columns (store/raw.py). Raw bodies are pruned walking deliveries
+    in id order from where the last prune stopped (store/queries.py: prune_raw()), never by a scan."""
+    have = db["runs"].columns_dict
+    for column in ("pipeline_name", "repo", "default_branch"):
+        if column not in have:
+            db.execute(f"ALTER TABLE runs ADD COLUMN {column} TEXT")
+    db.execute("CREATE TABLE header_sets (id INTEGER PRIMARY KEY, headers TEXT NOT NULL UNIQUE)")
+    db.execute("ALTER TABLE deliveries ADD COLUMN header_set INTEGER REFERENCES header_sets (id)")
+    db.execute("INSERT INTO store_marks (name, value) VALUES ('raw_pruned_through', 0)")
+
+
+MIGRATIONS = [_v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8, _v9, _v10]
 
 
 def migrate(conn: sqlite3.Connection) -> int:
     """Bring the schema to the latest version; return it. Each migration commits on its own."""
-    db = sqlite_utils.Database(conn)
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     if version > len(MIGRATIONS):
         raise RuntimeError(
             f"the database is at schema version {version}, newer than this flowforged knows "
             f"({len(MIGRATIONS)}): upgrade flowforged"
         )
+    if version == len(MIGRATIONS):
+        return version  # the usual start: sqlite-utils (a tenth of a second to import) is not needed
+    import sqlite_utils
+
+    db = sqlite_utils.Database(conn)
     for number, migration in enumerate(MIGRATIONS[version:], start=version + 1):
         with db.atomic():
             migration(db)

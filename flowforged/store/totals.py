@@ -3,7 +3,7 @@
 The ingest transaction adds each run that reaches a terminal status to the totals of its pipeline
 (duration and queue-time histograms) and of its pipeline and branch (runs by status, latest finish,
 latest success and failure, since when in its status), at the point where the core hands the run to
-`Metrics.run_finished()` and with the same code (flowforged/metrics.py). At start, `rebuild()` loads
+`Metrics.run_finished()` and with the same code (flowforged/run_totals.py). At start, `rebuild()` loads
 them: a row per pipeline and per pipeline+branch, however many runs the store holds, and the counters
 come back with the values they had.
 """
@@ -17,19 +17,21 @@ import sqlite3
 import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from flowforged.metrics import (
+from flowforged.model import iso
+from flowforged.run_totals import (
     QUEUE_BUCKETS,
     RUN_BUCKETS,
     RUN_STATUSES,
     BranchTotals,
     Finish,
     Histogram,
-    Metrics,
     PipelineTotals,
 )
-from flowforged.model import iso
+
+if TYPE_CHECKING:
+    from flowforged.metrics import Metrics
 
 # BranchTotals as columns: counts in the order of RUN_STATUSES, then times (Unix).
 _SAVE_BRANCH = (
@@ -122,6 +124,25 @@ def rebuild(conn: sqlite3.Connection, metrics: Metrics) -> int:
         )
     )
     return metrics.rebuild(pipelines, branches, functools.partial(first_finished, conn))
+
+
+class Rebuild:
+    """rebuild() as a job of the writer, at any time after start. Each commit that finishes a run adds it
+    to the totals in the same transaction (store/ingest.py), and event ids grow in commit order: the
+    totals this job loads count the runs of every commit before it, and `counted()` tells the ingest
+    listeners which commits those are, so that no run is counted twice or not at all."""
+
+    def __init__(self) -> None:
+        self.through: int | None = None  # the last event id of the commits the loaded totals count
+
+    def __call__(self, conn: sqlite3.Connection, metrics: Metrics) -> int:
+        (self.through,) = conn.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()
+        return rebuild(conn, metrics)
+
+    def counted(self, events: Sequence[Mapping[str, Any]]) -> bool:
+        """Whether the totals loaded (or still to load) count the runs that a commit of these new events
+        finished. A commit that finished a run recorded an event."""
+        return self.through is None or (bool(events) and events[-1]["id"] <= self.through)
 
 
 def first_finished(

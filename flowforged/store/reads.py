@@ -7,11 +7,10 @@ arrive, so walking the pages neither repeats nor skips a row.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from typing import Any
 
-from flowforged.store import outbox, queries
+from flowforged.store import eventrows, outbox, queries
 
 JOB_FIELDS = (
     "id",
@@ -26,8 +25,8 @@ JOB_FIELDS = (
     "updated_at",
 )
 _PIPELINE_FIELDS = "id, source, pipeline, name, repo, default_branch, first_seen, last_seen"
-# A delivery's origin (webhook or poll) goes with its events; LEFT JOIN: events outlive pruned deliveries.
-_EVENTS = "SELECT e.id, e.data, d.origin FROM events e LEFT JOIN deliveries d ON d.id = e.delivery"
+# With its delivery's origin (webhook or poll) and its run's facts (store/eventrows.py).
+_EVENTS = eventrows.SELECT
 
 
 def pipelines(
@@ -84,7 +83,7 @@ def run_events(conn: sqlite3.Connection, source: str, run_id: str, attempt: int)
         f"{_EVENTS} WHERE e.source = ? AND e.run_id = ? AND e.attempt = ? ORDER BY e.id",  # noqa: S608
         (source, run_id, attempt),
     ).fetchall()
-    return [event_dict(row) for row in rows]
+    return [eventrows.event_dict(row) for row in rows]
 
 
 def events(
@@ -117,16 +116,11 @@ def events(
     order = "ASC" if oldest_first else "DESC"
     sql = f"{_EVENTS} {where} ORDER BY e.id {order} LIMIT ?"  # noqa: S608
     rows = conn.execute(sql, (*params, limit)).fetchall()
-    return [event_dict(row) for row in rows]
+    return [eventrows.event_dict(row) for row in rows]
 
 
 def last_event_id(conn: sqlite3.Connection) -> int:
     return conn.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0]
-
-
-def event_dict(row: sqlite3.Row) -> dict[str, Any]:
-    """A stored event in the shape the bus publishes it (flowforged.ingest.Ingest.commit)."""
-    return {"id": row["id"], "type": "event", "origin": row["origin"], **json.loads(row["data"])}
 
 
 def notification(conn: sqlite3.Connection, notification_id: int) -> dict[str, Any] | None:
