@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 CONFIG ?= config.example.yaml
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench screenshots clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,11 @@ lint: $(VENV)/.installed-test
 
 bench: $(VENV)/.installed-test
 	$(BIN)/python bench/all.py
+
+# PNGs of the web board (board, pipeline, run; light and dark) for the README, from fake providers'
+# runs polled into a fresh store, in Debian's Chromium (apt-get install chromium).
+screenshots: $(VENV)/.installed-test
+	$(BIN)/python -m tests.ui.screenshots docs/screenshots
 
 clean:
 	rm -rf $(VENV) var .pytest_cache
