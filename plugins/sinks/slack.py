@@ -63,14 +63,41 @@ PERMANENT_ERRORS = {
 
 
 class SlackConfig(SinkConfig):
-    webhook_url: SecretValue
+    """An incoming webhook (`webhook_url`), or a Slack app (`bot_token` and `channel`: threads and
+    buttons, plugins/sinks/slack_app.py)."""
+
+    webhook_url: SecretValue | None = None
+    bot_token: SecretValue | None = None
+    channel: str | None = None  # a channel id (C...): a name changes when the channel is renamed
+    signing_secret: SecretValue | None = None  # buttons on the broken message, clicks verified with it
+    api_url: str = "https://slack.com/api"
 
     @pydantic.field_validator("webhook_url")
     @classmethod
-    def _url(cls, value: Secret) -> Secret:
-        if value.origin != "missing":  # commands that need no secret's value resolve it leniently
+    def _url(cls, value: Secret | None) -> Secret | None:
+        if value is not None and value.origin != "missing":  # commands that need no secret resolve leniently
             check_http_url(value.get())
         return value
+
+    @pydantic.field_validator("api_url")
+    @classmethod
+    def _api_url(cls, value: str) -> str:
+        check_http_url(value)
+        return value
+
+    @pydantic.model_validator(mode="after")
+    def _mode(self) -> SlackConfig:
+        """An incoming webhook or an app, each with its own keys; the error names the key at fault."""
+        if self.webhook_url is not None and self.bot_token is not None:
+            raise ValueError("bot_token: give webhook_url (an incoming webhook) or bot_token (a Slack app), not both")
+        if self.bot_token is not None and not self.channel:
+            raise ValueError("channel: missing: a Slack app posts to a channel id (C...)")
+        for key in ("channel", "signing_secret"):
+            if self.bot_token is None and getattr(self, key):
+                raise ValueError(f"{key}: only for a Slack app (bot_token)")
+        if self.webhook_url is None and self.bot_token is None:
+            raise ValueError("webhook_url: missing: give webhook_url, or bot_token and channel for a Slack app")
+        return self
 
 
 class SlackSink(Sink):
@@ -79,7 +106,20 @@ class SlackSink(Sink):
     min_interval: ClassVar[float] = 1.0  # one message per second per incoming webhook
     config: SlackConfig
 
+    _app: Any = None  # the Slack app mode (slack_app.AppMode), made when first needed
+
+    def app_mode(self) -> Any:
+        """The Slack app this sink is, or None for an incoming webhook."""
+        if self._app is None and self.config.bot_token is not None:
+            from flowforged_plugins.sinks.slack_app import AppMode  # it builds on this module's rendering
+
+            self._app = AppMode(self.name, self.config)
+        return self._app
+
     async def send(self, notification: Notification, context: SinkContext) -> str:
+        if self.app_mode() is not None:
+            return await self._app.send(notification, context)
+        assert self.config.webhook_url is not None  # noqa: S101 - SlackConfig._mode saw to it
         body = json.dumps(render(notification), ensure_ascii=False).encode()
         try:
             async with context.http.post(
