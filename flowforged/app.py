@@ -9,6 +9,7 @@ reloads the configuration in place (flowforged.reload).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import sys
 import time
@@ -19,10 +20,11 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from flowforged import __version__, api, guard, logs, webhooks
+from flowforged import __version__, api, guard, logs, slack_actions, ui, webhooks
 from flowforged.bus import Bus
 from flowforged.config import Config
 from flowforged.dispatch import Dispatcher
+from flowforged.errors import StoreUnavailable
 from flowforged.ingest import Ingest
 from flowforged.metrics import Metrics
 from flowforged.notify import Planner
@@ -41,8 +43,13 @@ BUS = web.AppKey("bus", Bus)
 HTTP = web.AppKey("http", aiohttp.ClientSession)
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)
 METRICS = web.AppKey("metrics", Metrics)
+REBUILD = web.AppKey("rebuild", totals.Rebuild)
+REBUILT = web.AppKey("rebuilt", asyncio.Event)  # the metrics hold the store's run totals
+READY = web.AppKey("ready", asyncio.Event)  # serve() told systemd READY=1 (absent: not run by serve())
+REBUILD_RETRY = 1.0
 OUTBOX_METRICS_INTERVAL = 5.0
 RETENTION_INTERVAL = 3600.0
+RETENTION_DELAY = 60.0  # the first prune waits for the start to be over: it is never on the way to READY
 READINESS = web.AppKey("readiness", list)  # callables returning a problem (str) or None
 PLANNER = web.AppKey("planner", Planner)  # its rules are swapped on reload
 
@@ -91,17 +98,22 @@ def build(
         branches=config.metrics.branches,
         stale_after=config.metrics.stale_after,
         version=__version__,
+        detail=config.metrics.detail,
     )
     app[METRICS] = metrics
     app[webhooks.OBSERVERS].append(metrics.webhook)
-    ingest.listeners.append(lambda result, source, origin: _count_ingest(metrics, result, source, origin))
-    app.router.add_get("/metrics", metrics.handler)
+    app[REBUILD] = rebuild = totals.Rebuild()
+    app[REBUILT] = asyncio.Event()
+    ingest.listeners.append(lambda result, source, origin: _count_ingest(metrics, rebuild, result, source, origin))
+    app.router.add_get("/metrics", _metrics)
     poller = Poller(store, ingest, ingest.providers, None)  # the HTTP session is given at start
     poller.on_request.append(metrics.poll_request)
     poller.on_budget.append(metrics.rate_limit_remaining)
     app[POLLER] = poller
     app[READINESS].append(poller.problem)
     api.setup(app, operations or ProviderOperations(poller), keepalive=sse_keepalive)
+    ui.setup(app)  # the web board, after the API: it reuses the API's context
+    slack_actions.setup(app)  # clicks on a Slack app's buttons: the API's operations too
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_http_ctx)
     app.cleanup_ctx.append(_dispatcher_ctx)
@@ -112,21 +124,49 @@ def build(
     return app
 
 
-def _count_ingest(metrics: Metrics, result: IngestResult, source: str, origin: str) -> None:
+def _count_ingest(metrics: Metrics, rebuild: totals.Rebuild, result: IngestResult, source: str, origin: str) -> None:
     if result.events:
         metrics.events_stored(source, origin, len(result.events))
-    for run in result.finished:
-        metrics.run_finished(run)
+    if result.finished and not rebuild.counted(result.events):
+        for run in result.finished:
+            metrics.run_finished(run)
 
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     store = app[STORE]
     await asyncio.to_thread(store.open)  # migrations run here, before the listener is bound
-    # Per-pipeline series come back from the store before the daemon says it is ready.
-    replayed = await store.read(totals.rebuild, app[METRICS])
-    log.info("metrics rebuilt from the store", runs=replayed)
+    # The per-pipeline series come back from the store's run totals after READY=1 (half a second at
+    # 10,000 pipelines that the start need not wait for): totals.Rebuild says which commits they count.
+    rebuilt = asyncio.create_task(_rebuild(app))
     yield
+    rebuilt.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await rebuilt
     await asyncio.to_thread(store.close)  # after in-flight requests: their commits finish first
+
+
+async def _rebuild(app: web.Application) -> None:
+    if (ready := app.get(READY)) is not None:
+        await ready.wait()
+    while True:
+        try:
+            replayed = await app[STORE].write(app[REBUILD], app[METRICS])
+        except StoreUnavailable as exc:  # /readyz says so; /metrics waits for the store to come back
+            log.error("metrics not rebuilt from the store yet", error=str(exc))
+            await asyncio.sleep(REBUILD_RETRY)
+            continue
+        break
+    log.info("metrics rebuilt from the store", runs=replayed)
+    app[REBUILT].set()
+    # The first scrape would render every pipeline's series (a second at 10,000 pipelines): rendered in
+    # the background now, after that only the pipelines whose runs finish are (metrics.exposition()).
+    await asyncio.get_running_loop().run_in_executor(None, app[METRICS].exposition, True)
+
+
+async def _metrics(request: web.Request) -> web.StreamResponse:
+    """GET /metrics, once the run totals are in: a scrape before would see counters go down."""
+    await request.app[REBUILT].wait()
+    return await request.app[METRICS].handler(request)
 
 
 async def _http_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -183,6 +223,7 @@ async def _retention_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def _prune_raw(store: Store, days: int) -> None:
     """Every hour, drop raw bodies older than raw_retention_days, a batch per transaction."""
+    await asyncio.sleep(RETENTION_DELAY)
     while True:
         before = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - days * 86400))
         pruned = 0
@@ -192,7 +233,7 @@ async def _prune_raw(store: Store, days: int) -> None:
         except Exception as exc:
             log.warning("raw deliveries not pruned", error=str(exc))
         if pruned:
-            log.info("raw deliveries pruned", count=pruned, before=before)
+            log.info("raw deliveries pruned", deliveries=pruned, before=before)
         await asyncio.sleep(RETENTION_INTERVAL)
 
 
@@ -233,6 +274,7 @@ async def serve(
     for warning in config.warnings:
         log.warning(warning)
     app = build(config)
+    app[READY] = asyncio.Event()
     # Signal handlers first: a SIGTERM that arrives during start-up or right after READY=1 must drain.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -266,6 +308,7 @@ async def serve(
         database=str(config.storage.path),
     )
     notifier.notify("READY=1")
+    app[READY].set()
     reloader.ready.set()
     if on_ready is not None:
         on_ready(runner)

@@ -1,4 +1,4 @@
-"""The `flowforged` command: run, check-config, secret, runs, reindex."""
+"""The `flowforged` command: run, check-config, secret, runs, reindex, status."""
 
 from __future__ import annotations
 
@@ -381,6 +381,9 @@ def parser() -> argparse.ArgumentParser:
     _add_silence(sub, common)
     test = command("notify-test", cmd_notify_test, "send a sample notification through a configured sink")
     test.add_argument("sink", help="the sink's name in the config")
+    from flowforged import status  # the web board's tiles, in the terminal
+
+    status.register(sub, common, _load)
     return top
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import ssl
 from pathlib import Path
 from typing import Annotated, Any, ClassVar
 
@@ -132,6 +133,18 @@ class ApiConfig(Section):
     token: SecretValue | None = None
 
 
+class UiConfig(Section):
+    """The web board (flowforged.ui): who may read it and how its session cookie is marked."""
+
+    enabled: bool = True
+    public: bool = False  # a read-only board without signing in, for a trusted network
+    viewer_token: SecretValue | None = None  # signs in read-only; api.token signs in to operate
+    session_lifetime: Duration = Field(default=12 * 3600.0, gt=0)
+    # Secure cookies: always (secure_cookie), or when a proxy in trusted_proxies says X-Forwarded-Proto: https.
+    secure_cookie: bool = False
+    trusted_proxies: list[str] = []
+
+
 class LoggingConfig(Section):
     level: str = Field(default="info", pattern="^(debug|info|warning|error)$")
 
@@ -139,6 +152,9 @@ class LoggingConfig(Section):
 class MetricsConfig(Section):
     branches: list[str] = ["main", "master"]
     stale_after: Duration = 7 * 86400
+    # Glob patterns of the pipelines whose series have every detail: duration and queue-time histograms,
+    # runs by branch, the status of every branch label. 35 series or more each: a few hundred at most.
+    detail: list[str] = []
 
 
 class NotificationsConfig(Section):
@@ -158,6 +174,23 @@ class SourceConfig(Section):
     repos: list[str] = []
     poll_interval: Duration = 0.0
     backfill: Duration = 86400.0
+    # Pacing of the source's API requests (polling and operations): at most this many points in any
+    # minute (None: the provider's default, 90% of its documented limit) and this many a second.
+    points_per_minute: int | None = Field(default=None, gt=0)
+    max_rps: float | None = Field(default=None, gt=0)
+    # A PEM file of the CA certificates the API's certificate is verified with, beside the system's
+    # (a Kubernetes API server's CA, a company's own).
+    ca_bundle: str | None = None
+
+    @pydantic.field_validator("ca_bundle")
+    @classmethod
+    def _ca_bundle(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                ssl.create_default_context().load_verify_locations(cafile=value)
+            except (OSError, ssl.SSLError) as exc:
+                raise ValueError(f"{value}: not a readable PEM file of CA certificates ({exc})") from None
+        return value
 
     # What `repos` names for this provider, for the message when polling has nothing to poll.
     repos_hint: ClassVar[str] = "what to poll"
@@ -193,6 +226,21 @@ class SinkConfig(Section):
     type: str
 
 
+class RuleActions(Section):
+    """Who may act from a chat message of this rule (the Slack app's buttons): Slack user ids (U..., W...)
+    and user group ids (S...). Nobody, when empty."""
+
+    allowed_users: list[str] = []
+
+    @pydantic.field_validator("allowed_users")
+    @classmethod
+    def _ids(cls, value: list[str]) -> list[str]:
+        for item in value:
+            if not re.fullmatch(r"[UWS][A-Z0-9]{2,30}", item):
+                raise ValueError(f"{item!r} is not a Slack user id (U..., W...) or user group id (S...)")
+        return value
+
+
 class RuleConfig(Section):
     name: str
     sources: list[str] = ["*"]
@@ -207,6 +255,7 @@ class RuleConfig(Section):
     # Runs of pull (merge) requests and forks have a state of their own, per pull request: a rule
     # takes their transitions only when it says so (`branches` then matches their head branch).
     pull_requests: bool = False
+    actions: RuleActions = RuleActions()
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -229,6 +278,7 @@ class Config(Section):
     rules: list[RuleConfig] = []
     notifications: NotificationsConfig = NotificationsConfig()
     metrics: MetricsConfig = MetricsConfig()
+    ui: UiConfig = UiConfig()
 
     # Filled by validate(): each source and sink validated by its plugin's model, and the warnings
     # to log at start.

@@ -29,7 +29,7 @@ def test_every_problem_is_listed_with_its_key_path(tmp_path):
     data = base_config(tmp_path / "db")
     del data["sources"]["github"]["webhook_secret"]
     data["sources"]["gitlab"]["poll_interval"] = "soon"
-    data["sources"]["other"] = {"type": "bitbucket"}
+    data["sources"]["other"] = {"type": "circleci"}
     data["server"] = {"listen": "nowhere", "max_body_bytes": -1}
     data["rules"] = [{"name": "r", "sinks": ["nope"], "on": ["exploded"]}]
     data["storage"]["colour"] = "blue"
@@ -45,7 +45,8 @@ def test_every_problem_is_listed_with_its_key_path(tmp_path):
     found = dict(problems(data))
     assert found["sources.github.webhook_secret"].startswith("missing")
     assert found["sources.gitlab.poll_interval"] == "not a duration: 'soon' (use e.g. 30s, 15m, 4h, 7d)"
-    assert found["sources.other.type"] == "unknown type 'bitbucket' (known: buildkite, github, gitlab, jenkins)"
+    known = "argocd, bitbucket, buildkite, github, gitlab, jenkins, tekton"
+    assert found["sources.other.type"] == f"unknown type 'circleci' (known: {known})"
     assert found["rules.0.sinks"] == "no sink named 'nope' in sinks"
 
 
