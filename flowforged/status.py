@@ -18,7 +18,8 @@ from typing import Any, TextIO
 
 from flowforged import config as config_module
 from flowforged.errors import FlowForgeError
-from flowforged.ui import board, queries
+from flowforged.store import board as board_reads
+from flowforged.ui import board
 
 SYMBOLS = {"success": "✓", "failed": "✗", "running": "◔", "pending": "◔", "blocked": "◔"}
 CLEAR = "\x1b[H\x1b[2J"
@@ -60,7 +61,7 @@ def tiles(config: config_module.Config) -> list[board.Tile]:
     conn.row_factory = sqlite3.Row
     try:
         branches = list(config.metrics.branches)
-        data = queries.board(conn, branches)
+        data = board_reads.board(conn, branches)
     finally:
         conn.close()
     providers = {name: source.type for name, source in config.source_configs.items()}

@@ -1,4 +1,4 @@
-"""The board's tiles, made from what flowforged.ui.queries.board read: pure, so that the page, a tile's
+"""The board's tiles, made from what flowforged.store.board.board read: pure, so that the page, a tile's
 live update, `flowforged status` and the benchmark all show the same thing.
 
 A tile is one pipeline on one branch (its default branch, and the branches in metrics.branches):

@@ -14,10 +14,11 @@ from markupsafe import Markup
 
 from flowforged.api import reads, stream
 from flowforged.api.base import Context, context
+from flowforged.store import board as board_reads
 from flowforged.store import outbox
 from flowforged.store import queries as store_queries
 from flowforged.store import reads as sql
-from flowforged.ui import board, chart, queries
+from flowforged.ui import board, chart
 from flowforged.ui.access import session_of
 from flowforged.ui.tiles import Tiles
 
@@ -57,7 +58,7 @@ def providers_of(ctx: Context) -> dict[str, str]:
 
 async def load_tiles(ctx: Context, source: str | None = None, pipeline: str | None = None) -> list[board.Tile]:
     branches = list(ctx.config.metrics.branches)
-    data = await ctx.store.read(queries.board, branches, source, pipeline)
+    data = await ctx.store.read(board_reads.board, branches, source, pipeline)
     return board.tiles(data, providers_of(ctx), branches)
 
 
@@ -112,8 +113,8 @@ async def pipeline_page(request: web.Request) -> web.Response:
             conn, source=source, pipeline=name, branch=branch, status=status, before=before, limit=PAGE + 1
         )
     )
-    recent = await ctx.store.read(queries.history, source, name, branch, CHART_RUNS)
-    breakages = await ctx.store.read(queries.breakages, source, name)
+    recent = await ctx.store.read(board_reads.history, source, name, branch, CHART_RUNS)
+    breakages = await ctx.store.read(board_reads.breakages, source, name)
     source_config = ctx.config.source_configs.get(source)
     return render(
         request,
@@ -126,7 +127,7 @@ async def pipeline_page(request: web.Request) -> web.Response:
             "runs": rows[:PAGE],
             "next_before": rows[PAGE - 1]["id"] if len(rows) > PAGE else None,
             "filters": {"branch": branch or "", "status": status or ""},
-            "branches": await ctx.store.read(queries.branches_of, source, name),
+            "branches": await ctx.store.read(board_reads.branches_of, source, name),
             "statuses": reads.STATUSES,
             "chart": chart.svg(recent),
             "success_rate": chart.success_rate(recent),
@@ -142,7 +143,7 @@ async def run_page(request: web.Request) -> web.Response:
     run = await reads.find_run(request)
     key = (run["source"], run["run_id"], run["attempt"])
     source_config = ctx.config.source_configs.get(run["source"])
-    pipeline_id = await ctx.store.read(queries.pipeline_id, run["source"], run["pipeline"])
+    pipeline_id = await ctx.store.read(board_reads.pipeline_id, run["source"], run["pipeline"])
     return render(
         request,
         "run.html",
@@ -153,7 +154,7 @@ async def run_page(request: web.Request) -> web.Response:
             "capabilities": reads.capabilities(source_config.type) if source_config else None,
             "jobs": await ctx.store.read(sql.run_jobs, *key),
             "events": await ctx.store.read(sql.run_events, *key),
-            "notifications": await ctx.store.read(queries.run_notifications, run["id"]),
+            "notifications": await ctx.store.read(board_reads.run_notifications, run["id"]),
             "active": run["status"] in board.ACTIVE,
         },
     )

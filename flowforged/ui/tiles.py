@@ -1,6 +1,6 @@
 """The board's tiles kept in memory, so that a board of thousands of pipelines is fast to serve.
 
-The first request reads every pipeline (flowforged.ui.queries.board, a second or so for thousands);
+The first request reads every pipeline (flowforged.store.board.board, a second or so for thousands);
 after that, each commit's events (the ingest listeners, webhooks and polls alike) mark their pipelines
 stale, and the next request reads only those again. Writers outside the daemon (`flowforged reindex`)
 are caught up by a full read every FULL_AFTER seconds. Each tile's HTML is kept too, rendered again
@@ -17,7 +17,8 @@ from typing import Any
 from markupsafe import Markup
 
 from flowforged.store import Store
-from flowforged.ui import board, queries
+from flowforged.store import board as board_reads
+from flowforged.ui import board
 
 FULL_AFTER = 600.0
 MAX_STALE = 200  # more stale pipelines than this: one full read is cheaper than as many small ones
@@ -71,7 +72,7 @@ class Tiles:
     def _read(self, conn: Any, key: Key | None) -> dict[Key, list[board.Tile]]:
         """On a reader thread: the rows and the tiles made of them (both take time for thousands)."""
         providers, branches = dict(self._settings[0]), list(self._settings[1])
-        data = queries.board(conn, branches, *(key or (None, None)))
+        data = board_reads.board(conn, branches, *(key or (None, None)))
         for run in data["runs"]:
             self._run_pipelines[(run["source"], run["run_id"])] = run["pipeline"]
         out: dict[Key, list[board.Tile]] = {key: []} if key else {}

@@ -1,4 +1,4 @@
-"""The reads the board needs and the control API does not: every pipeline's branches with their recent
+"""The web board's reads, which the control API does not need: every pipeline's branches with their recent
 runs in a handful of queries (not one per pipeline), a pipeline's history, a run's notifications.
 Run on a reader connection (row_factory = sqlite3.Row), like flowforged.store.reads.
 """
