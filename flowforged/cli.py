@@ -274,7 +274,7 @@ def cmd_notify_test(args: argparse.Namespace) -> int:
         raise FlowForgeError(f"no sink named {args.sink!r} (configured: {', '.join(sorted(sinks)) or 'none'})")
     for key, value in cfg.sink_configs[args.sink]:
         if isinstance(value, secrets.Secret) and value.origin == "missing":
-            hint = f"${secrets.env_variable(value.name)}" if value.name else "the environment"
+            hint = f"${value.variable}" if value.variable else "the environment"
             raise FlowForgeError(f"sinks.{args.sink}.{key}: secret {value.name!r} not found (give it in {hint})")
     logs.setup(cfg.logging.level, stream=sys.stderr)
     ok, answer = asyncio.run(send_sample(sinks[args.sink]))

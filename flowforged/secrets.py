@@ -28,12 +28,13 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 class Secret:
     """A secret value with the place it came from. `str()` and `repr()` show only where it came from."""
 
-    __slots__ = ("_value", "origin", "name")
+    __slots__ = ("_value", "origin", "name", "variable")
 
-    def __init__(self, value: str, origin: str, name: str | None = None):
+    def __init__(self, value: str, origin: str, name: str | None = None, variable: str | None = None):
         self._value = value
-        self.origin = origin  # credential | keyring | environment | env | inline
+        self.origin = origin  # credential | keyring | environment | env | inline | missing
         self.name = name
+        self.variable = variable  # for a missing one: the environment variable that would give it
         logs.redact(value)
 
     def get(self) -> str:
@@ -183,7 +184,7 @@ class SecretContext:
         if variable in self.environ:
             return Secret(self.environ[variable], "environment", name)
         if self.lenient:
-            return Secret("", "missing", name)
+            return Secret("", "missing", name, variable)
         places = [
             "$CREDENTIALS_DIRECTORY" if self.credentials_dir else None,
             f"keyring service {KEYRING_SERVICE!r}" if self.keyring else None,
@@ -193,7 +194,7 @@ class SecretContext:
 
     def env(self, variable: str) -> Secret:
         if variable not in self.environ and self.lenient:
-            return Secret("", "missing", variable)
+            return Secret("", "missing", variable, variable)
         if variable not in self.environ:
             raise SecretNotFound(f"environment variable {variable} is not set")
         return Secret(self.environ[variable], "env", variable)

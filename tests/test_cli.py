@@ -271,3 +271,12 @@ async def test_notify_test_needs_only_the_sinks_own_secrets(aiohttp_server, db_p
     assert await asyncio.to_thread(cli.main, argv) == 0
     assert capsys.readouterr().out.strip() == "team-slack: sent: ok"
     assert len(slack.messages) == 1
+
+
+def test_notify_test_names_the_variable_of_a_missing_env_secret(db_path, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("TEAM_SLACK_URL", raising=False)
+    config = _config(tmp_path, db_path, "sinks: {team-slack: {type: slack, webhook_url: {env: TEAM_SLACK_URL}}}\n")
+    assert cli.main(["notify-test", "team-slack", "-c", config]) == 1
+    err = capsys.readouterr().err
+    assert "sinks.team-slack.webhook_url: secret 'TEAM_SLACK_URL' not found (give it in $TEAM_SLACK_URL)" in err
+    assert "FLOWFORGED_SECRET_" not in err
