@@ -74,7 +74,7 @@ async def receive(request: web.Request) -> web.Response:
         fields = urllib.parse.parse_qs(body.decode(), strict_parsing=True)
         payload = json.loads(fields["payload"][0])
         click = _click(payload)
-    except (UnicodeDecodeError, ValueError, KeyError, IndexError, TypeError):
+    except (UnicodeDecodeError, ValueError, KeyError, IndexError, TypeError, RecursionError):
         return error(400, "invalid_payload", "expected a form with a block_actions payload")
     if click is None:
         return web.Response(status=200)  # another kind of interaction: nothing of ours

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+import urllib.parse
 from typing import Any
 
 import pytest
@@ -144,3 +145,11 @@ async def test_a_click_over_the_body_limit_is_refused_unread(world: World, slack
     response = await click(client, body, sign(body, SIGNING_SECRET, int(time.time())))
     assert response.status == 413
     assert requests(world.db_path) == []
+
+
+async def test_a_signed_payload_nested_too_deep_is_400_and_does_nothing(world: World, slack: FakeSlackAPI) -> None:
+    client, _, _ = await broken(world, slack)
+    body = b"payload=" + urllib.parse.quote("[" * 100_000 + "]" * 100_000).encode()
+    response = await click(client, body, sign(body, SIGNING_SECRET, int(time.time())))
+    assert response.status == 400
+    assert requests(world.db_path) == [] and reruns(world.github) == []
