@@ -61,6 +61,8 @@ class World:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="ui-world", daemon=True)
         self.github = FakeGitHub(token=GH_TOKEN)
+        self.github.add_repo(REPO)
+        self.github.add_workflow(REPO, CI)
         self.runners: list[web.AppRunner] = []
         self.url = ""
         self.app: web.Application | None = None
@@ -84,8 +86,6 @@ class World:
         return f"http://{host}:{port}"
 
     async def _start(self, ui: dict[str, Any]) -> None:
-        self.github.add_repo(REPO)
-        self.github.add_workflow(REPO, CI)
         github_url = await self._serve(self.github.app)
         data = board_config(self.tmp / "flowforge.db", **ui)
         data["sources"]["github"] = {
