@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 FORBIDDEN = [
     (re.compile(r"\.\./shared"), "a path to a folder beside the clone"),
     (re.compile(r"""parents?\[\d\]\s*/\s*["']shared["']|parent\s*/\s*["']shared["']"""), "a path out of the checkout"),
-    (re.compile(r"shared folder"), "a pointer to a folder users do not have"),
+    (re.compile(r"shared\s+folder"), "a pointer to a folder users do not have"),
     (re.compile(r"DESIGN\.md"), "a design page users do not have (point to docs/architecture.md)"),
     (
         re.compile(r"\b[Ii]ssue \d+\b"),
