@@ -4,7 +4,6 @@ fake Slack and the control API, as an operator would see them together."""
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -13,8 +12,8 @@ from flowforged import app as app_module
 from flowforged.poller import POLLER
 from tests.conftest import API_TOKEN, base_config, make_config
 from tests.fakes.argocd_api import FakeArgoCD, render
-from tests.fakes.slack import FakeSlack
 from tests.test_notify import until
+from tests.world import query, start_with_slack
 
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
 SECRET = "argocd-notifications-token-7d1e"
@@ -33,14 +32,6 @@ def source(fake: FakeArgoCD, repos: list[str], **extra: Any) -> dict[str, Any]:
     }
 
 
-def query(db: Path, sql: str, *args: Any) -> list[dict[str, Any]]:
-    if not db.exists():
-        return []
-    with sqlite3.connect(db) as conn:
-        conn.row_factory = sqlite3.Row
-        return [dict(row) for row in conn.execute(sql, args)]
-
-
 async def fake_argocd(aiohttp_server: Any) -> FakeArgoCD:
     fake = FakeArgoCD(token=TOKEN)
     fake.server = await aiohttp_server(fake.app)
@@ -48,14 +39,9 @@ async def fake_argocd(aiohttp_server: Any) -> FakeArgoCD:
 
 
 async def start(aiohttp_client: Any, aiohttp_server: Any, db_path: Path, fake: FakeArgoCD, repos: list[str]):
-    slack = FakeSlack()
-    slack_server = await aiohttp_server(slack.app())
-    data = base_config(db_path, sources={"argocd": source(fake, repos)})
-    data["sinks"] = {"team-slack": {"type": "slack", "webhook_url": str(slack_server.make_url(slack.path))}}
-    data["rules"] = [{"name": "all", "branches": ["*"], "on": ["broken", "fixed"], "sinks": ["team-slack"]}]
-    client = await aiohttp_client(app_module.build(make_config(data)))
-    await until(lambda: client.app[POLLER].last_cycle("argocd") is not None, what="the first cycle")
-    return client, slack
+    return await start_with_slack(
+        aiohttp_client, aiohttp_server, db_path, "argocd", source(fake, repos), on=("broken", "fixed")
+    )
 
 
 async def api_runs(client: Any) -> list[dict[str, Any]]:

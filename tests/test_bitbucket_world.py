@@ -4,7 +4,6 @@ build status webhooks, the fake Slack and the control API, as an operator would 
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -14,9 +13,9 @@ from flowforged.poller import POLLER
 from flowforged_plugins.bitbucket import sign
 from tests.conftest import API_TOKEN, base_config, make_config
 from tests.fakes.bitbucket_api import FakeBitbucket, bb_time
-from tests.fakes.slack import FakeSlack
 from tests.test_notify import until
 from tests.test_poller import Clock, standalone
+from tests.world import query, start_with_slack
 
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
 SECRET = "bb-webhook-secret-5e1f0a"
@@ -40,14 +39,6 @@ def ago(seconds: float) -> str:
     return bb_time(time.time() - seconds)
 
 
-def query(db: Path, sql: str, *args: Any) -> list[dict[str, Any]]:
-    if not db.exists():
-        return []
-    with sqlite3.connect(db) as conn:
-        conn.row_factory = sqlite3.Row
-        return [dict(row) for row in conn.execute(sql, args)]
-
-
 async def fake_bitbucket(aiohttp_server: Any, **options: Any) -> FakeBitbucket:
     fake = FakeBitbucket(token=TOKEN, **options)
     fake.server = await aiohttp_server(fake.app)
@@ -57,14 +48,9 @@ async def fake_bitbucket(aiohttp_server: Any, **options: Any) -> FakeBitbucket:
 async def start(
     aiohttp_client: Any, aiohttp_server: Any, db_path: Path, fake: FakeBitbucket, repos: list[str], **rule: Any
 ):
-    slack = FakeSlack()
-    slack_server = await aiohttp_server(slack.app())
-    data = base_config(db_path, sources={"bitbucket": source(fake.server, repos)})
-    data["sinks"] = {"team-slack": {"type": "slack", "webhook_url": str(slack_server.make_url(slack.path))}}
-    data["rules"] = [{"name": "all", "branches": ["*"], "on": ["broken"], "sinks": ["team-slack"], **rule}]
-    client = await aiohttp_client(app_module.build(make_config(data)))
-    await until(lambda: client.app[POLLER].last_cycle("bitbucket") is not None, what="the first cycle")
-    return client, slack
+    return await start_with_slack(
+        aiohttp_client, aiohttp_server, db_path, "bitbucket", source(fake.server, repos), **rule
+    )
 
 
 async def api_runs(client: Any) -> list[dict[str, Any]]:

@@ -4,7 +4,6 @@ webhooks, the fake Slack and the control API, as an operator would see them toge
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -14,9 +13,9 @@ from flowforged.poller import POLLER
 from flowforged.signatures import signature_header
 from tests.conftest import API_TOKEN, base_config, make_config
 from tests.fakes.buildkite_api import FakeBuildkite
-from tests.fakes.slack import FakeSlack
 from tests.test_notify import until
 from tests.test_poller import Clock, standalone
+from tests.world import query, start_with_slack
 
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
 SECRET = "bk-webhook-token-4f0a1c"
@@ -39,23 +38,8 @@ def ago(seconds: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(time.time() - seconds))
 
 
-def query(db: Path, sql: str, *args: Any) -> list[dict[str, Any]]:
-    if not db.exists():
-        return []
-    with sqlite3.connect(db) as conn:
-        conn.row_factory = sqlite3.Row
-        return [dict(row) for row in conn.execute(sql, args)]
-
-
 async def start(aiohttp_client: Any, aiohttp_server: Any, db_path: Path, fake: FakeBuildkite, repos: list[str]):
-    slack = FakeSlack()
-    slack_server = await aiohttp_server(slack.app())
-    data = base_config(db_path, sources={"buildkite": source(fake.server, repos)})
-    data["sinks"] = {"team-slack": {"type": "slack", "webhook_url": str(slack_server.make_url(slack.path))}}
-    data["rules"] = [{"name": "all", "branches": ["*"], "on": ["broken"], "sinks": ["team-slack"]}]
-    client = await aiohttp_client(app_module.build(make_config(data)))
-    await until(lambda: client.app[POLLER].last_cycle("buildkite") is not None, what="the first cycle")
-    return client, slack
+    return await start_with_slack(aiohttp_client, aiohttp_server, db_path, "buildkite", source(fake.server, repos))
 
 
 async def fake_buildkite(aiohttp_server: Any, **options: Any) -> FakeBuildkite:

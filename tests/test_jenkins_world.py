@@ -15,8 +15,8 @@ from flowforged.poller import POLLER
 from flowforged.store import reads
 from tests.conftest import API_TOKEN, base_config, make_config, reindex_all
 from tests.fakes.jenkins_api import CRUMB_FIELD, SESSION_COOKIE, FakeJenkins
-from tests.fakes.slack import FakeSlack
 from tests.test_notify import until
+from tests.world import query, start_with_slack
 
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
 SECRET = "jk-webhook-secret-2b7d90"
@@ -37,14 +37,6 @@ def source(server: Any, repos: list[str], **extra: Any) -> dict[str, Any]:
     }
 
 
-def query(db: Path, sql: str, *args: Any) -> list[dict[str, Any]]:
-    if not db.exists():
-        return []
-    with sqlite3.connect(db) as conn:
-        conn.row_factory = sqlite3.Row
-        return [dict(row) for row in conn.execute(sql, args)]
-
-
 async def fake_jenkins(aiohttp_server: Any, **options: Any) -> FakeJenkins:
     fake = FakeJenkins(token=TOKEN, **options)
     fake.server = await aiohttp_server(fake.app)
@@ -52,14 +44,7 @@ async def fake_jenkins(aiohttp_server: Any, **options: Any) -> FakeJenkins:
 
 
 async def start(aiohttp_client: Any, aiohttp_server: Any, db_path: Path, fake: FakeJenkins, repos: list[str]):
-    slack = FakeSlack()
-    slack_server = await aiohttp_server(slack.app())
-    data = base_config(db_path, sources={"jenkins": source(fake.server, repos)})
-    data["sinks"] = {"team-slack": {"type": "slack", "webhook_url": str(slack_server.make_url(slack.path))}}
-    data["rules"] = [{"name": "all", "branches": ["*"], "on": ["broken"], "sinks": ["team-slack"]}]
-    client = await aiohttp_client(app_module.build(make_config(data)))
-    await until(lambda: client.app[POLLER].last_cycle("jenkins") is not None, what="the first cycle")
-    return client, slack
+    return await start_with_slack(aiohttp_client, aiohttp_server, db_path, "jenkins", source(fake.server, repos))
 
 
 async def api_runs(client: Any) -> dict[str, dict[str, Any]]:

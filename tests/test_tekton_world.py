@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -13,10 +12,10 @@ from typing import Any
 from flowforged import app as app_module
 from flowforged.poller import POLLER
 from tests.conftest import API_TOKEN, base_config, make_config
-from tests.fakes.slack import FakeSlack
 from tests.fakes.tekton_api import FakeTekton, status_body
 from tests.test_notify import until
 from tests.test_poller import Clock, standalone
+from tests.world import query, start_with_slack
 
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
 SECRET = "tk-sink-secret-5e81c2"
@@ -37,14 +36,6 @@ def source(server: Any, repos: list[str], **extra: Any) -> dict[str, Any]:
     }
 
 
-def query(db: Path, sql: str, *args: Any) -> list[dict[str, Any]]:
-    if not db.exists():
-        return []
-    with sqlite3.connect(db) as conn:
-        conn.row_factory = sqlite3.Row
-        return [dict(row) for row in conn.execute(sql, args)]
-
-
 async def fake_tekton(aiohttp_server: Any, **options: Any) -> FakeTekton:
     fake = FakeTekton(token=TOKEN, **options)
     fake.server = await aiohttp_server(fake.app)
@@ -52,14 +43,9 @@ async def fake_tekton(aiohttp_server: Any, **options: Any) -> FakeTekton:
 
 
 async def start(aiohttp_client: Any, aiohttp_server: Any, db_path: Path, fake: FakeTekton, repos: list[str], **extra):
-    slack = FakeSlack()
-    slack_server = await aiohttp_server(slack.app())
-    data = base_config(db_path, sources={"tekton": source(fake.server, repos, **extra)})
-    data["sinks"] = {"team-slack": {"type": "slack", "webhook_url": str(slack_server.make_url(slack.path))}}
-    data["rules"] = [{"name": "all", "branches": ["*"], "on": ["broken"], "sinks": ["team-slack"]}]
-    client = await aiohttp_client(app_module.build(make_config(data)))
-    await until(lambda: client.app[POLLER].last_cycle("tekton") is not None, what="the first cycle")
-    return client, slack
+    return await start_with_slack(
+        aiohttp_client, aiohttp_server, db_path, "tekton", source(fake.server, repos, **extra)
+    )
 
 
 async def api_runs(client: Any) -> dict[str, dict[str, Any]]:
