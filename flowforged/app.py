@@ -47,6 +47,7 @@ REBUILD = web.AppKey("rebuild", totals.Rebuild)
 REBUILT = web.AppKey("rebuilt", asyncio.Event)  # the metrics hold the store's run totals
 READY = web.AppKey("ready", asyncio.Event)  # serve() told systemd READY=1 (absent: not run by serve())
 REBUILD_RETRY = 1.0
+SCRAPE_CATCH_UP = 2.0  # seconds a scrape waits for the deliveries acknowledged before it to be applied
 OUTBOX_METRICS_INTERVAL = 5.0
 RETENTION_INTERVAL = 3600.0
 RETENTION_DELAY = 60.0  # the first prune waits for the start to be over: it is never on the way to READY
@@ -78,6 +79,7 @@ def build(
         synchronous=config.storage.synchronous.upper(),
         busy_timeout=config.storage.busy_timeout,
         on_transition=planner.plan,
+        apply_lag=config.storage.apply_lag,
     )
     bus = Bus()
     ingest = Ingest(store, make_providers(config), bus)
@@ -135,6 +137,7 @@ def _count_ingest(metrics: Metrics, rebuild: totals.Rebuild, result: IngestResul
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     store = app[STORE]
     await asyncio.to_thread(store.open)  # migrations run here, before the listener is bound
+    app[webhooks.INGEST].start()  # deliveries left unapplied by the last run are applied first
     # The per-pipeline series come back from the store's run totals after READY=1 (half a second at
     # 10,000 pipelines that the start need not wait for): totals.Rebuild says which commits they count.
     rebuilt = asyncio.create_task(_rebuild(app))
@@ -166,6 +169,9 @@ async def _rebuild(app: web.Application) -> None:
 async def _metrics(request: web.Request) -> web.StreamResponse:
     """GET /metrics, once the run totals are in: a scrape before would see counters go down."""
     await request.app[REBUILT].wait()
+    store = request.app[STORE]
+    await store.caught_up(SCRAPE_CATCH_UP)  # what was acknowledged before is counted, unless in a long burst
+    request.app[METRICS].unapplied(store.unapplied)
     return await request.app[METRICS].handler(request)
 
 
@@ -241,7 +247,7 @@ async def _watch_outbox(app: web.Application) -> None:
     """Outbox depth for /metrics: a small query every few seconds, never on the ingest path."""
     while True:
         try:
-            app[METRICS].outbox_depth_by_state(await app[STORE].read(outbox.depth))
+            app[METRICS].outbox_depth_by_state(await app[STORE].peek(outbox.depth))
         except Exception as exc:  # a store hiccup must not end the watch
             log.warning("outbox depth not read", error=str(exc))
         await asyncio.sleep(OUTBOX_METRICS_INTERVAL)

@@ -90,6 +90,9 @@ def _table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
+RUNS_WAIT = 2.0  # seconds `runs` waits for the deliveries the daemon acknowledged to be applied
+
+
 def cmd_runs(args: argparse.Namespace) -> int:
     import sqlite3
 
@@ -101,6 +104,12 @@ def cmd_runs(args: argparse.Namespace) -> int:
         return 1
     conn = connect(cfg.storage.path, readonly=True)
     conn.row_factory = sqlite3.Row
+    if left := queries.wait_applied(conn, RUNS_WAIT):
+        print(
+            f"{left} acknowledged deliveries are not applied yet (the daemon applies them as it runs):"
+            " their runs are not listed",
+            file=sys.stderr,
+        )
     rows = queries.runs(
         conn, source=args.source, pipeline=args.pipeline, branch=args.branch, status=args.status, limit=args.limit
     )

@@ -127,6 +127,10 @@ class StorageConfig(Section):
     # webhooks waiting on it get 503.
     busy_timeout: Duration = 5.0
     synchronous: str = Field(default="normal", pattern="^(normal|full)$")
+    # A webhook is acknowledged once stored raw and applied after (docs/architecture.md, "Accept, then
+    # apply"): in a burst beyond what the store can apply, acknowledgements stay fast and notifications
+    # lag by up to this much; past it, acknowledgements slow down to the pace of applying.
+    apply_lag: Duration = Field(default=10.0, gt=0)
 
 
 class ApiConfig(Section):

@@ -130,7 +130,7 @@ class Dispatcher:
                 self._wake[name].clear()
                 await self.run_once(name)
                 wait = IDLE_CHECK
-                next_due = await self.store.read(outbox.next_due, name)
+                next_due = await self.store.peek(outbox.next_due, name)
                 if next_due is not None:
                     wait = min(wait, max(next_due - self.clock(), 0.0))
                 if wait > 0:
@@ -148,14 +148,14 @@ class Dispatcher:
     async def run_once(self, name: str) -> int:
         """Send every row of this sink that is due now; return how many messages were sent."""
         sent = 0
-        rows = await self.store.read(outbox.due, name, self.clock())
+        rows = await self.store.peek(outbox.due, name, self.clock())
         done: set[int] = set()
         for row in rows:
             if row["id"] in done:
                 continue
             group = [row]
             if row["group_key"]:
-                group = await self.store.read(outbox.group, row["group_key"]) or [row]
+                group = await self.store.peek(outbox.group, row["group_key"]) or [row]
             done.update(r["id"] for r in group)
             sent += await self._deliver(name, group)
         return sent
@@ -173,7 +173,7 @@ class Dispatcher:
             )
             return 0
         await self._pace(name, sink.min_interval)
-        jobs = await self.store.read(outbox.failed_jobs, first["source"], first["run"])
+        jobs = await self.store.peek(outbox.failed_jobs, first["source"], first["run"])
         message = notification(first, jobs, group[1:])
         try:
             answer = await sink.send(message, self.context)

@@ -15,6 +15,7 @@ import asyncio
 import resource
 import socket
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -82,6 +83,19 @@ class BodyBudget:
             raise
         return b"".join(chunks)
 
+    def received(self, stream: StreamReader, limit: int) -> bytes | None:
+        """The whole body if it has all arrived already (no need to wait, or to time the wait), else
+        None; raises as read() does."""
+        if not stream.is_eof():
+            return None
+        body = stream.read_nowait()
+        if len(body) > limit:
+            raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(body))
+        if self.held + len(body) > self.capacity:
+            raise OverBudget()
+        self.held += len(body)
+        return body
+
     def give(self, size: int) -> None:
         self.held -= size
 
@@ -95,12 +109,16 @@ def send_timeout(seconds: float) -> Middleware:
     kernel drops the connection, buffers and all, once data has waited that long to be acknowledged,
     including while the client advertises a zero window."""
     milliseconds = max(1, int(seconds * 1000))
+    done: weakref.WeakSet[asyncio.BaseTransport] = weakref.WeakSet()  # once per connection, not per request
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        sock = request.transport.get_extra_info("socket") if request.transport is not None else None
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, milliseconds)
+        transport = request.transport
+        if transport is not None and transport not in done:
+            done.add(transport)
+            sock = transport.get_extra_info("socket")
+            if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, milliseconds)
         return await handler(request)
 
     return middleware

@@ -1,14 +1,18 @@
 """The ingest path shared by webhooks, polling and reindex (docs/architecture.md: "The parts, in the
 order a delivery travels").
 
-Decoding and normalizing are the provider plugin's pure half; a payload that authenticates but cannot
-be normalized (an unexpected shape, a field the store cannot hold, JSON nested too deeply to decode)
-is still stored raw, with its error, so that `flowforged reindex` can pick it up after a parser fix.
-After the commit, new events go to the bus and the listeners registered here.
+A webhook is accepted, then applied: its raw delivery is committed and acknowledged first, and the
+store's writer decodes, normalizes and applies it after (decode(), store/__init__.py). A polled item
+is normalized first and applied in its own commit. Decoding and normalizing are the provider plugin's
+pure half; a payload that authenticates but cannot be read or normalized (not JSON, an unexpected
+shape, a field the store cannot hold, JSON nested too deeply to decode) is still stored raw, with its
+error, so that `flowforged reindex` can pick it up after a parser fix. Once applied, new events go to
+the bus and the listeners registered here.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
 import json
@@ -19,6 +23,7 @@ import msgspec
 
 from flowforged import logs
 from flowforged.bus import Bus
+from flowforged.errors import NotJSON
 from flowforged.model import Event, RunEvent, utcnow
 from flowforged.plugin import Headers, Provider, Unreadable
 from flowforged.store import Delivery, IngestResult, Store
@@ -26,6 +31,7 @@ from flowforged.store.ingest import event_key
 
 log = logs.get("flowforged.ingest")
 Listener = Callable[[IngestResult, str, str], None]  # (result, source, origin)
+UNNAMED = "unknown"  # what a provider names an event it cannot name from the headers alone
 
 
 def normalize(provider: Provider, event: str, payload: Any, received: str) -> tuple[list[Event], str | None]:
@@ -81,26 +87,50 @@ class Ingest:
         self.bus = bus
         self.listeners: list[Listener] = []
 
-    async def webhook(self, provider: Provider, headers: Headers, body: bytes, payload: Any) -> IngestResult:
-        """Store an authenticated, decoded webhook delivery; return once it is committed."""
-        event = text(provider.event_name(headers, payload))
-        received = utcnow()
-        events, error = normalize(provider, event, payload, received)
-        if error:
-            log.warning(
-                "payload stored raw: it could not be normalized", source=provider.name, hook_event=event, error=error
-            )
+    async def webhook(self, provider: Provider, headers: Headers, body: bytes) -> tuple[str, bool]:
+        """Store an authenticated webhook delivery raw; return its delivery id, and whether it is a
+        duplicate, once it is committed. It is decoded, normalized and applied after (decode())."""
+        name = delivery_id(provider, headers, body)
         delivery = Delivery(
             source=provider.name,
-            delivery_id=delivery_id(provider, headers, body),
+            delivery_id=name,
             origin="webhook",
-            event=event,
-            received_at=received,
+            event=text(provider.event_name(headers, None)),  # from the headers; else named when applied
+            received_at=utcnow(),
             headers=stored_headers(provider, headers),
             body=body,
-            parse_error=error,
         )
-        return await self.commit(delivery, events)
+        return name, await self.store.append(delivery) is None
+
+    def start(self) -> None:
+        """Apply acknowledged deliveries from now on (on the store's writer thread), and hand what they
+        recorded to the listeners and the bus on this loop."""
+        self.store.start_applying(asyncio.get_running_loop(), self.decode, self.applied)
+
+    def decode(
+        self, source: str, headers: dict[str, str], body: bytes, event: str, received: str
+    ) -> tuple[str, list[Event], str | None]:
+        """A stored delivery's event name, events and parse error, under the source's provider today.
+        Runs on the writer thread, when the delivery is applied."""
+        provider = self.providers.get(source)
+        if provider is None:
+            return event, [], f"source {source!r} is no longer configured"
+        try:
+            payload = provider.decode(headers, body)
+        except NotJSON as exc:
+            payload = Unreadable(f"NotJSON: {exc}")
+        except Exception as exc:
+            payload = Unreadable(text(f"{type(exc).__name__}: {exc}")[:1000])
+        if event == UNNAMED and not isinstance(payload, Unreadable):
+            event = text(provider.event_name(headers, payload))
+        events, error = normalize(provider, event, payload, received)
+        if error:
+            log.warning("payload stored raw: it could not be normalized", source=source, hook_event=event, error=error)
+        return event, events, error
+
+    def applied(self, done: list[tuple[IngestResult, str, str]]) -> None:
+        for result, source, origin in done:
+            self.published(result, source, origin)
 
     async def polled(self, provider: Provider, event: str, payload: dict[str, Any]) -> IngestResult:
         """A run or job the poller read from the provider's API, in the same path as a webhook.
@@ -135,11 +165,14 @@ class Ingest:
     async def commit(self, delivery: Delivery, events: list[Event]) -> IngestResult:
         result = await self.store.ingest(delivery, events, utcnow())
         if not result.duplicate:
-            for listener in self.listeners:
-                listener(result, delivery.source, delivery.origin)
-            for data in result.events:
-                self.bus.publish({"type": "event", "origin": delivery.origin, **data})
+            self.published(result, delivery.source, delivery.origin)
         return result
+
+    def published(self, result: IngestResult, source: str, origin: str) -> None:
+        for listener in self.listeners:
+            listener(result, source, origin)
+        for data in result.events:
+            self.bus.publish({"type": "event", "origin": origin, **data})
 
 
 def redecode(

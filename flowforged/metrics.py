@@ -169,6 +169,7 @@ class Metrics:
         self._events: dict[tuple[str, str], int] = {}
         self._notifications: dict[tuple[str, str], int] = {}
         self._outbox: dict[str, int] = {}
+        self._unapplied = 0
         self._notification_latency = Histogram(NOTIFICATION_BUCKETS)
         self._branches: dict[tuple[str, str, str], _PipelineBranch] = {}
         self._pipelines: dict[tuple[str, str], _Pipeline] = {}
@@ -238,6 +239,10 @@ class Metrics:
         _check(state, OUTBOX_STATES, "outbox state")
         with self._lock:
             self._outbox[state] = count
+
+    def unapplied(self, count: int) -> None:
+        """Webhook deliveries acknowledged and not yet applied (docs/architecture.md, "Accept, then apply")."""
+        self._unapplied = count
 
     def outbox_depth_by_state(self, counts: Mapping[str, int]) -> None:
         """The outbox rows per state; states other than pending and dead have left the outbox."""
@@ -433,6 +438,13 @@ class Metrics:
         for index, (name, help_text) in enumerate(_RATE_LIMIT_FAMILIES):
             values = {(source,): v[index] for source, v in self._rate_limits.items() if v[index] is not None}
             yield "gauge", name, help_text, ["source"], values
+        yield (
+            "gauge",
+            "flowforge_deliveries_unapplied",
+            "Webhook deliveries acknowledged and stored raw, not yet applied (normalized into runs).",
+            [],
+            {(): self._unapplied},
+        )
         yield (
             "counter",
             "flowforge_events_stored_total",

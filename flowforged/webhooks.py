@@ -1,9 +1,11 @@
 """`POST /hooks/{source}`: authenticate, decode, store durably, then acknowledge.
 
-Status codes: 202 accepted, 200 duplicate, 400 authentic but not JSON, 401 bad or missing
-signature/token, 404 unknown source, 408 body not received in time, 413 over the body limit, 415 a
-compressed body (guard.py), 503 the store cannot commit or too many unauthenticated bodies at once.
-Nothing is stored before the request is authenticated (docs/architecture.md).
+Status codes: 202 accepted, 200 duplicate, 401 bad or missing signature/token, 404 unknown source,
+408 body not received in time, 413 over the body limit, 415 a compressed body (guard.py), 503 the store
+cannot commit or too many unauthenticated bodies at once. Nothing is stored before the request is
+authenticated. An authentic delivery is acknowledged once its raw body is committed, and decoded,
+normalized and applied after (docs/architecture.md, "Accept, then apply"): one that is not JSON, or
+that cannot be normalized, is acknowledged all the same and kept raw with its error.
 """
 
 from __future__ import annotations
@@ -11,10 +13,11 @@ from __future__ import annotations
 import asyncio
 import time
 
+import msgspec
 from aiohttp import hdrs, web
 
 from flowforged import logs
-from flowforged.errors import NotJSON, StoreUnavailable, WebhookRejected
+from flowforged.errors import StoreUnavailable, WebhookRejected
 from flowforged.guard import BodyBudget, OverBudget
 from flowforged.ingest import Ingest
 from flowforged.plugin import Provider
@@ -43,7 +46,6 @@ async def receive(request: web.Request) -> web.Response:
 _OUTCOMES = {
     202: "accepted",
     200: "duplicate",
-    400: "invalid",
     401: "rejected",
     404: "unknown_source",
     408: "invalid",
@@ -58,28 +60,32 @@ async def _receive(request: web.Request) -> tuple[web.Response, str, str]:
     provider = ingest.providers.get(name)
     if provider is None:
         return error(404, "unknown_source", "no source of that name is configured"), "unknown", "unknown"
+    store = ingest.store
+    store.receiving += 1  # the store applies deliveries in the pauses between webhooks (architecture.md)
+    try:
+        return await _accept(request, ingest, name, provider)
+    finally:
+        store.receiving -= 1
+
+
+async def _accept(request: web.Request, ingest: Ingest, name: str, provider: Provider) -> tuple[web.Response, str, str]:
     body = await _authentic_body(request, name, provider)
     if isinstance(body, web.Response):
         return body, name, "unknown"
+    event = provider.event_name(request.headers, None)  # from the headers; Jenkins names it in the body
     try:
-        payload = provider.decode(request.headers, body)
-    except NotJSON as exc:
-        log.warning("authentic webhook is not JSON", source=name, reason=str(exc), bytes=len(body))
-        return error(400, "not_json", f"the body is not JSON: {exc}"), name, "unknown"
-    event = provider.event_name(request.headers, payload)
-    try:
-        result = await ingest.webhook(provider, request.headers, body, payload)
+        delivery, duplicate = await ingest.webhook(provider, request.headers, body)
     except StoreUnavailable as exc:
         log.error("webhook not stored: the store cannot commit", source=name, error=str(exc))
         return error(503, "store_unavailable", "the event log cannot commit; retry later"), name, event
-    delivery = result.delivery_id
-    if result.duplicate:
-        return web.json_response({"status": "duplicate", "delivery": delivery}, status=200), name, event
-    return (
-        web.json_response({"status": "accepted", "delivery": delivery, "events": len(result.events)}, status=202),
-        name,
-        event,
-    )
+    if duplicate:
+        return _answer(200, b"duplicate", delivery), name, event
+    return _answer(202, b"accepted", delivery), name, event
+
+
+def _answer(status: int, word: bytes, delivery: str) -> web.Response:
+    body = b'{"status":"' + word + b'","delivery":' + msgspec.json.encode(delivery) + b"}"
+    return web.Response(body=body, status=status, content_type="application/json")
 
 
 async def _authentic_body(request: web.Request, name: str, provider: Provider) -> bytes | web.Response:
@@ -90,8 +96,10 @@ async def _authentic_body(request: web.Request, name: str, provider: Provider) -
         return _too_large(limit)
     budget = request.app[BUDGET]
     try:
-        async with asyncio.timeout(request.app[BODY_TIMEOUT]):
-            body = await budget.read(request.content, limit)
+        body = budget.received(request.content, limit)  # the whole body came with the headers
+        if body is None:
+            async with asyncio.timeout(request.app[BODY_TIMEOUT]):
+                body = await budget.read(request.content, limit)
     except TimeoutError:
         log.warning("webhook body not received in time", source=name, remote=request.remote)
         return error(408, "timeout", "the request body was not received in time")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import json
+import sqlite3
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -119,6 +121,24 @@ def base_config(db: Path, **sections: Any) -> dict[str, Any]:
 
 def make_config(data: dict[str, Any], environ: dict[str, str] | None = None) -> config.Config:
     return config.validate(data, SecretContext(environ=environ or {}, use_keyring=False))
+
+
+def applied(db: Path, timeout: float = 10.0) -> None:
+    """Wait until the daemon using `db` has applied every webhook delivery it acknowledged: it answers
+    once a delivery is stored raw and applies it just after (docs/architecture.md, "Accept, then apply").
+    For a test that reads the database file itself; reads through the API wait by themselves."""
+    deadline = time.monotonic() + timeout
+    while db.exists():
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+            try:
+                left = conn.execute("SELECT count(*) FROM unapplied").fetchone()[0]
+            except sqlite3.OperationalError:  # not migrated yet: nothing was acknowledged
+                return
+        if not left:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{left} acknowledged deliveries still unapplied after {timeout} s")
+        time.sleep(0.005)
 
 
 @pytest.fixture(autouse=True)

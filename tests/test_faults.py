@@ -1,5 +1,9 @@
 """The database's disk full, for real (a small tmpfs): 503, nothing half-written, recovery.
 
+A delivery is acknowledged once its raw body is committed and applied after, in transactions of its
+own (docs/architecture.md, "Accept, then apply"): while the disk is full an append commits or not,
+and an acknowledged delivery is either applied whole or still waits, untouched, to be applied.
+
 A read-only remount is refused by the kernel while SQLite holds the file open for writing, so a disk
 that turns read-only under the daemon cannot be staged here; SQLite reports it as the same
 OperationalError as a full disk, which is the path tested here (503, reconnect, recover)."""
@@ -15,7 +19,7 @@ import uuid
 
 import pytest
 
-from tests.conftest import github_headers, github_run
+from tests.conftest import applied, github_headers, github_run
 
 pytestmark = pytest.mark.reliability
 
@@ -42,9 +46,22 @@ def fill(directory) -> None:
             os.fsync(out.fileno())
 
 
-def counts(db) -> tuple[int, int, int]:
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
-        return tuple(conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("deliveries", "events", "runs"))
+COUNTS = {
+    "deliveries": "SELECT count(*) FROM deliveries",
+    "unapplied": "SELECT count(*) FROM unapplied",
+    "events": "SELECT count(*) FROM events",
+    "runs": "SELECT count(*) FROM runs",
+    "events of unapplied deliveries": "SELECT count(*) FROM events WHERE delivery IN (SELECT delivery FROM unapplied)",
+}
+
+
+def counts(db) -> dict[str, int]:
+    """One read transaction, so that the counts agree with each other."""
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, isolation_level=None) as conn:
+        conn.execute("BEGIN")
+        found = {what: conn.execute(sql).fetchone()[0] for what, sql in COUNTS.items()}
+        conn.execute("COMMIT")
+    return found
 
 
 async def send(client, run_id: int) -> tuple[int, str]:
@@ -66,11 +83,21 @@ async def test_disk_full_gives_503_stores_nothing_half_and_recovers(daemon, smal
     assert refused, "the full disk never refused a delivery"
     assert (await client.get("/readyz")).status == 503
     accepted = 5 + len(outcomes) - len(refused)
-    deliveries, events, runs = counts(db)
-    assert deliveries == accepted  # every 202 stored, no 503 stored
-    assert events == runs == accepted  # and each stored delivery whole: its event and its run
+    now = counts(db)
+    assert now["deliveries"] == accepted  # every 202 stored, no 503 stored
+    # Each delivery is a run of its own: one applied is whole (its event and its run); one not yet
+    # applied (the disk was full when its turn came) has nothing applied and is still listed.
+    assert now["events"] == now["runs"] == accepted - now["unapplied"], now
+    assert now["events of unapplied deliveries"] == 0, now
 
     (small_disk / "filler").unlink()  # space comes back
     assert (await client.get("/readyz")).status == 200
     assert (await send(client, 500))[0] == 202
-    assert counts(db)[0] == accepted + 1
+    applied(db)  # every acknowledged delivery, the ones that waited out the full disk too, is applied
+    assert counts(db) == {
+        "deliveries": accepted + 1,
+        "unapplied": 0,
+        "events": accepted + 1,
+        "runs": accepted + 1,
+        "events of unapplied deliveries": 0,
+    }

@@ -16,7 +16,7 @@ import pytest
 from flowforged import logs
 from flowforged.errors import ConfigError
 from flowforged_plugins.github import app
-from tests.conftest import GH_TOKEN, GITHUB_SECRET, base_config, make_config
+from tests.conftest import GH_TOKEN, GITHUB_SECRET, applied, base_config, make_config
 from tests.fakes.github_app import FakeGitHubApp, pem, rsa_key
 from tests.test_notify import until
 from tests.test_poller import CI, Daemon, runs
@@ -267,6 +267,7 @@ async def test_the_apps_webhook_works_as_a_repository_webhook(
         delivery = await fake.send_webhook(daemon.client.session, url, run["id"], GITHUB_SECRET, payload=payload)
         assert delivery.status == 202
     # The other installation's delivery is its own source's: authentic, stored raw, no run here.
+    applied(db_path)
     assert [(r["run_id"], r["status"]) for r in runs(db_path)] == [(str(ours["id"]), "failed")]
     forged = await fake.send_webhook(daemon.client.session, url, ours["id"], "not-the-secret")
     assert forged.status == 401

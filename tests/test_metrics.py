@@ -41,6 +41,7 @@ FAMILIES = {
     "flowforge_rate_limit_quota": "gauge",
     "flowforge_rate_limit_reset_timestamp_seconds": "gauge",
     "flowforge_events_stored_total": "counter",
+    "flowforge_deliveries_unapplied": "gauge",
     "flowforge_pipeline_runs_finished_total": "counter",
     "flowforge_pipeline_status": "gauge",
     "flowforge_pipeline_status_since_timestamp_seconds": "gauge",
@@ -244,8 +245,9 @@ def test_ten_thousand_runs_on_five_thousand_branches_stay_a_few_dozen_series():
     lines = samples(text(metrics))
     # Per pipeline: 2 branch labels (master, other) x (4 status counters + status + since + last finish)
     # = 14, plus the duration summary (sum + count), histogram (16 buckets + +Inf + sum + count = 19) and
-    # queue (13 + 3 = 16); two pipelines; then build_info and the notification latency histogram (14 + 3).
-    assert len(lines) == 2 * (2 * 7 + 2 + 19 + 16) + 1 + 17
+    # queue (13 + 3 = 16); two pipelines; then build_info, the deliveries not yet applied, and the
+    # notification latency histogram (14 + 3).
+    assert len(lines) == 2 * (2 * 7 + 2 + 19 + 16) + 1 + 1 + 17
     assert {_labels(line).get("branch") for line in lines} == {None, "master", "other"}
     other = [
         sample(metrics, "flowforge_pipeline_runs_finished_total", pipeline=GL, branch="other", status=status)

@@ -11,7 +11,7 @@ import pytest
 
 from flowforged import app as app_module
 from flowforged.store import outbox
-from tests.conftest import base_config, fixture, github_headers, github_run, make_config
+from tests.conftest import applied, base_config, fixture, github_headers, github_run, make_config
 from tests.fakes.slack import FakeSlack
 
 PIPELINE = "octo-org/octo-repo/.github/workflows/test.yml"
@@ -26,6 +26,7 @@ async def until(condition, timeout: float = 10.0, what: str = "condition") -> No
 
 
 def rows(db) -> list[dict]:
+    applied(db)  # the outbox rows of every acknowledged delivery are planned
     with sqlite3.connect(db) as conn:
         conn.row_factory = sqlite3.Row
         return [dict(r) for r in conn.execute("SELECT * FROM outbox ORDER BY id")]
@@ -113,6 +114,7 @@ async def test_the_same_failure_delivered_twice_is_one_message(world, db_path):
 async def test_a_failure_on_an_unmatched_branch_notifies_nobody(world, db_path):
     client, slack, post = await world()
     await post("failure", 20, branch="feature/x")
+    applied(db_path)
     with sqlite3.connect(db_path) as conn:
         assert conn.execute("SELECT transition FROM runs").fetchall() == [("broken",)]
     assert rows(db_path) == []
@@ -251,6 +253,7 @@ async def test_a_forks_pull_request_on_a_branch_named_like_main_leaves_main_alon
     await post("success", 32)
     await until(lambda: settled(db_path))
     assert rows(db_path) == [] and slack.messages == []  # main was never broken, so never fixed
+    applied(db_path)
     with sqlite3.connect(db_path) as conn:
         conn.row_factory = sqlite3.Row
         state = [dict(r) for r in conn.execute("SELECT branch, status FROM pipeline_state ORDER BY branch")]

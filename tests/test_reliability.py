@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from tests.conftest import base_config, github_headers, github_run
+from tests.conftest import applied, base_config, github_headers, github_run
 from tests.daemon import DaemonProcess
 from tests.fakes.receiver import Receiver
 from tests.test_daemon import post_all
@@ -24,6 +24,8 @@ ROUNDS = 10
 
 
 def rows(db, sql: str) -> list[tuple]:
+    """Once every acknowledged delivery is applied (after a kill: by the restarted daemon)."""
+    applied(db)
     with sqlite3.connect(db) as conn:
         return conn.execute(sql).fetchall()
 

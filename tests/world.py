@@ -3,6 +3,7 @@ sends its transitions to a fake Slack, and the store read back as the tests chec
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Any
 
 from flowforged import app as app_module
 from flowforged.poller import POLLER
-from tests.conftest import base_config, make_config
+from tests.conftest import applied, base_config, make_config
 from tests.fakes.slack import FakeSlack
 from tests.test_notify import until
 
@@ -19,6 +20,7 @@ def query(db: Path, sql: str, *args: Any) -> list[dict[str, Any]]:
     """Rows as dicts; none while the daemon has not created the database yet."""
     if not db.exists():
         return []
+    applied(db)
     with sqlite3.connect(db) as conn:
         conn.row_factory = sqlite3.Row
         return [dict(row) for row in conn.execute(sql, args)]
@@ -43,3 +45,13 @@ async def start_with_slack(
     client = await aiohttp_client(app_module.build(make_config(data)))
     await until(lambda: client.app[POLLER].last_cycle(name) is not None, what="the first cycle")
     return client, slack
+
+
+def late_delivery(db: Path, answer: bytes) -> list[dict[str, Any]]:
+    """The stored delivery a webhook's 202 answer names: its parse error and the events it recorded."""
+    return query(
+        db,
+        "SELECT parse_error, (SELECT count(*) FROM events WHERE delivery = d.id) AS events"
+        " FROM deliveries d WHERE delivery_id = ?",
+        json.loads(answer)["delivery"],
+    )

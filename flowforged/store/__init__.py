@@ -6,11 +6,18 @@ users who run several daemons) can be added beside it.
 Group commit: webhook handlers submit work to one writer thread; it takes everything waiting, runs
 each item in a savepoint inside one transaction, commits once, and only then resolves each item's
 future. A request is acknowledged after its commit, and many concurrent requests share one fsync.
+
+Accept, then apply (docs/architecture.md): a webhook's raw delivery is committed and acknowledged
+first (`append`); the same writer thread decodes, normalizes and applies it after, in order of
+arrival, in chunks, whenever no other write waits for it, and at once when a reader waits for it or
+the oldest unapplied delivery is `apply_lag` seconds old. A read sees every delivery acknowledged
+before it was asked for.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import contextlib
 import fcntl
@@ -18,6 +25,7 @@ import os
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -26,7 +34,18 @@ from flowforged import logs
 from flowforged.errors import FlowForgeError, StoreUnavailable
 from flowforged.model import utcnow
 from flowforged.store import queries, raw, wal
-from flowforged.store.ingest import Delivery, IngestResult, TransitionHook, apply_events, ingest
+from flowforged.store.ingest import (
+    Decode,
+    Delivery,
+    IngestResult,
+    TransitionHook,
+    append,
+    apply_delivery,
+    apply_events,
+    ingest,
+    set_aside,
+    unapplied,
+)
 from flowforged.store.schema import migrate
 
 __all__ = ["DatabaseInUse", "Delivery", "IngestResult", "Store", "connect"]
@@ -37,6 +56,15 @@ MAX_BATCH = 512
 # SQLite errors that belong to one item's statements (a constraint, a bad statement), not to the disk.
 _ITEM_ERRORS = (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.InterfaceError)
 _STOP = object()
+_WAKE = object()  # a reader waits for unapplied deliveries: apply them now
+APPLY_CHUNK = 128  # unapplied deliveries applied per transaction
+LULL = 0.002  # seconds without a write, and no webhook being received, after which the writer applies
+APPLY_LAG = 10.0  # seconds an acknowledged delivery may wait to be applied while writes keep coming
+DRAIN = 20.0  # seconds a stopping daemon spends applying what is left (the rest at the next start)
+CATCH_UP = 30.0  # seconds a read waits for the deliveries acknowledged before it
+
+# Applied deliveries, each with its source and origin, handed to the event loop (Ingest.applied()).
+Applied = Callable[[list[tuple[IngestResult, str, str]]], None]
 
 
 class DatabaseInUse(FlowForgeError):
@@ -116,6 +144,7 @@ class Store:
         readers: int = 4,
         on_transition: TransitionHook | None = None,
         checkpoint_at: int = wal.CHECKPOINT_AT,
+        apply_lag: float = APPLY_LAG,
     ):
         self.path = Path(path)
         self.synchronous = synchronous
@@ -132,6 +161,17 @@ class Store:
         self._lock: int | None = None
         self._stopping = threading.Event()
         self._checkpointer = wal.Checkpointer(self.path, self._connect, checkpoint_at)
+        # Accept, then apply. Written by the writer thread; read by the loop's thread (plain ints).
+        self.apply_lag = apply_lag
+        self._applier: tuple[asyncio.AbstractEventLoop, Decode, Applied] | None = None
+        self._appended = 0  # the last delivery appended (committed or about to be)
+        self._applied = 0  # every delivery up to this one is applied
+        self._unapplied = 0  # about how many wait (exact once the table is seen empty)
+        self._since: collections.deque[tuple[int, float]] = collections.deque()  # (delivery, appended at)
+        self._waiters: list[tuple[int, asyncio.Future[None], asyncio.AbstractEventLoop]] = []
+        self._waiters_lock = threading.Lock()
+        self._retry_apply_at = 0.0
+        self.receiving = 0  # webhook requests in progress (webhooks.py): applying waits for a pause
 
     # --- lifecycle ------------------------------------------------------------------------------
     def open(self) -> Store:
@@ -184,6 +224,30 @@ class Store:
     async def ingest(self, delivery: Delivery, events: list[Any], now: str) -> IngestResult:
         return await self.write(ingest, delivery, events, now, self.on_transition)
 
+    async def append(self, delivery: Delivery) -> int | None:
+        """Commit a webhook's raw delivery, to be applied after (start_applying()); its deliveries.id,
+        or None for a duplicate."""
+        return await self.write(self._append, delivery)
+
+    def _append(self, conn: sqlite3.Connection, delivery: Delivery) -> int | None:
+        row = append(conn, delivery)
+        if row is not None:  # counted before the commit: a batch that fails is recounted by _apply
+            self._appended = row
+            self._unapplied += 1
+            self._since.append((row, time.monotonic()))
+        return row
+
+    def start_applying(self, loop: asyncio.AbstractEventLoop, decode: Decode, applied: Applied) -> None:
+        """Apply what is appended with `decode`, handing each chunk's results to `applied` on `loop`.
+        Deliveries left unapplied by the last run are applied first."""
+        self._applier = (loop, decode, applied)
+        self._queue.put(_WAKE)
+
+    @property
+    def unapplied(self) -> int:
+        """About how many acknowledged deliveries wait to be applied (for /metrics)."""
+        return self._unapplied
+
     def _connect(self) -> sqlite3.Connection:
         conn = connect(self.path, synchronous=self.synchronous, busy_timeout=self.busy_timeout)
         wal.writer_settings(conn)  # checkpoints are the checkpointer's (store/wal.py)
@@ -209,11 +273,23 @@ class Store:
         except Exception as exc:
             ready.set_exception(exc)
             return
+        left = conn.execute("SELECT count(*), max(delivery) FROM unapplied").fetchone()  # type: ignore[union-attr]
+        if left[0]:
+            log.info("deliveries left unapplied by the last run are applied first", count=left[0])
+            self._unapplied, self._appended = left
+            self._since.append((left[1], time.monotonic()))
         ready.set_result(None)
         while True:
-            first = self._queue.get()
+            try:
+                first = self._queue.get(timeout=self._wait_for_work())
+            except queue.Empty:
+                if self._pause() or self._overdue():
+                    conn = self._apply(conn)  # a lull: apply what is unapplied
+                continue
             if first is _STOP:
                 break
+            if first is _WAKE:
+                continue
             batch = [first]
             stop = False
             while len(batch) < MAX_BATCH:
@@ -224,14 +300,132 @@ class Store:
                 if item is _STOP:
                     stop = True
                     break
-                batch.append(item)
+                if item is not _WAKE:
+                    batch.append(item)
             conn = self._commit(conn, batch)  # type: ignore[arg-type]
             if stop:
                 break
+            if self._applier is not None and self._unapplied and self._overdue():
+                conn = self._apply(conn)  # writes keep coming: one chunk applied between two batches
             if conn is not None and conn.raw_codecs.wanted:  # type: ignore[attr-defined]
                 self._start_training(conn.raw_codecs.wanted)  # type: ignore[attr-defined]
+        conn = self._drain(conn)
         if conn is not None:
             conn.close()
+
+    # --- applying -------------------------------------------------------------------------------
+    def _wait_for_work(self) -> float | None:
+        """How long the writer waits for a write before it applies: for ever when nothing waits to be
+        applied, not at all when it is overdue, else a lull."""
+        if self._applier is None or not self._unapplied:
+            return None
+        if self._overdue():
+            return max(0.0, self._retry_apply_at - time.monotonic())
+        return max(LULL, self._retry_apply_at - time.monotonic())
+
+    def _pause(self) -> bool:
+        """No webhook is being received and no write waits: applying costs nobody an acknowledgement."""
+        return not self.receiving and self._queue.empty()
+
+    def _overdue(self) -> bool:
+        if self._waiters:
+            return True
+        return bool(self._since) and time.monotonic() - self._since[0][1] >= self.apply_lag
+
+    def _apply(self, conn: sqlite3.Connection | None) -> sqlite3.Connection | None:
+        """Apply one chunk of unapplied deliveries in one transaction, each in a savepoint; hand the
+        results to the loop and wake the readers waiting for them."""
+        if self._applier is None or time.monotonic() < self._retry_apply_at:
+            return conn
+        loop, decode, applied = self._applier
+        done: list[tuple[IngestResult, str, str]] = []
+        # Unless overdue, writes waiting (acknowledgements) go first: the chunk ends at the next delivery.
+        yielding = not self._overdue()
+        try:
+            if conn is None:
+                conn = self._connect()
+            rows = unapplied(conn, APPLY_CHUNK)
+            last = 0
+            if rows:
+                now = utcnow()
+                conn.execute("BEGIN IMMEDIATE")
+                for row in rows:
+                    conn.execute("SAVEPOINT job")
+                    try:
+                        done.append(apply_delivery(conn, row, decode, now, self.on_transition))
+                    except Exception as exc:
+                        if isinstance(exc, sqlite3.Error) and not isinstance(exc, _ITEM_ERRORS):
+                            raise
+                        conn.execute("ROLLBACK TO job")
+                        error = f"not applied: {type(exc).__name__}: {exc}"
+                        log.error("delivery kept raw: applying it failed", delivery=row, error=error)
+                        set_aside(conn, row, error)
+                    conn.execute("RELEASE job")
+                    last = row
+                    if yielding and not self._pause():
+                        break
+                conn.execute("COMMIT")
+        except sqlite3.Error as exc:  # the database failed: the chunk is applied again later
+            if conn is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.rollback()
+                conn.close()
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            log.error("store commit failed while applying deliveries", error=self.last_error)
+            self._retry_apply_at = time.monotonic() + 1.0
+            return None
+        self.last_error = None
+        if len(rows) < APPLY_CHUNK and (not rows or last == rows[-1]):
+            # None left: whatever was counted but rolled back never existed.
+            self._applied, self._unapplied = max(self._applied, self._appended), 0
+            self._since.clear()
+        else:
+            self._applied = last
+            self._unapplied = max(0, self._unapplied - len(done))
+            while self._since and self._since[0][0] <= self._applied:
+                self._since.popleft()
+        if done:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody listens any more
+                loop.call_soon_threadsafe(applied, done)
+        self._wake_readers()
+        return conn
+
+    def _drain(self, conn: sqlite3.Connection | None) -> sqlite3.Connection | None:
+        """At stop: apply what is left for up to DRAIN seconds; the rest waits for the next start."""
+        deadline = time.monotonic() + DRAIN
+        while self._applier is not None and self._unapplied and time.monotonic() < deadline:
+            conn = self._apply(conn)
+            if conn is None:
+                break
+        if self._unapplied:
+            log.warning("deliveries left to apply at the next start", count=self._unapplied)
+        return conn
+
+    def _wake_readers(self) -> None:
+        with self._waiters_lock:
+            ready = [w for w in self._waiters if w[0] <= self._applied]
+            self._waiters = [w for w in self._waiters if w[0] > self._applied]
+        for _, future, loop in ready:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_done, future)
+
+    async def caught_up(self, within: float = CATCH_UP) -> None:
+        """Return once every delivery acknowledged so far is applied, or after `within` seconds."""
+        target = self._appended
+        if self._applier is None or target <= self._applied:
+            return
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        with self._waiters_lock:
+            self._waiters.append((target, future, loop))
+        if target <= self._applied:  # applied meanwhile, maybe before the waiter was seen
+            self._wake_readers()
+        self._queue.put(_WAKE)
+        try:
+            async with asyncio.timeout(within):
+                await future
+        except TimeoutError:
+            log.warning("read without the latest deliveries: they are not applied yet", waited=within)
 
     def _start_training(self, wanted: set[str]) -> None:
         for source in wanted:
@@ -287,7 +481,16 @@ class Store:
         return conn
 
     async def read(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run fn(conn, *args) on a reader connection in the reader pool."""
+        """Run fn(conn, *args) on a reader connection in the reader pool, once every delivery
+        acknowledged before is applied."""
+        if self._appended > self._applied and self._applier is not None:
+            await self.caught_up()
+        return await self.peek(fn, *args)
+
+    async def peek(self, fn: Callable[..., T], *args: Any) -> T:
+        """read() without waiting for deliveries to be applied: for the daemon's own bookkeeping (the
+        outbox's due rows and depth), which the applying wakes anyway, and which must not make the
+        writer apply a burst's deliveries before the acknowledgements waiting behind them."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._readers, lambda: fn(self._reader(), *args))
 
@@ -301,6 +504,11 @@ class Store:
 
     # --- queries (the CLI uses them on their own connection) --------------------------------------
     runs = staticmethod(queries.runs)
+
+
+def _done(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def _settle(outcomes: list[tuple[_Job, Any, BaseException | None]]) -> None:
@@ -341,6 +549,7 @@ def reindex(
     reindex finds: it is history by the time a parser is fixed.
     """
     where = "WHERE length(body) > 0"  # a pruned delivery (raw_retention_days) has nothing to re-read
+    where += " AND id NOT IN (SELECT delivery FROM unapplied)"  # the daemon applies those, notifying
     if only_errors:
         where += " AND parse_error IS NOT NULL"
     last = 0

@@ -110,6 +110,57 @@ def insert_delivery(conn: sqlite3.Connection, delivery: Delivery) -> int | None:
     return cursor.lastrowid
 
 
+def append(conn: sqlite3.Connection, delivery: Delivery) -> int | None:
+    """Store a webhook's raw delivery, to be applied after it is acknowledged (apply_unapplied()).
+    Returns its deliveries.id; None for a duplicate, which is dropped."""
+    row = insert_delivery(conn, delivery)
+    if row is not None:
+        conn.execute("INSERT INTO unapplied (delivery) VALUES (?)", (row,))
+    return row
+
+
+# (source, headers, body, event, received_at) -> (event, events, parse error): the provider's decode,
+# event name and normalization of a stored delivery (flowforged/ingest.py: Ingest.decode()).
+Decode = Callable[[str, dict[str, str], bytes, str, str], tuple[str, list[Event], str | None]]
+
+
+def unapplied(conn: sqlite3.Connection, limit: int) -> list[int]:
+    """The oldest deliveries acknowledged but not yet applied, in the order they arrived."""
+    return [row for (row,) in conn.execute("SELECT delivery FROM unapplied ORDER BY delivery LIMIT ?", (limit,))]
+
+
+def apply_delivery(
+    conn: sqlite3.Connection, row: int, decode: Decode, now: str, on_transition: TransitionHook | None
+) -> tuple[IngestResult, str, str]:
+    """Decode, normalize and apply one stored delivery, and strike it off `unapplied`.
+    Returns its result, source and origin. Applying is idempotent, like ingest()."""
+    source, origin, event, stored, header_set, delivery_id, body, received_at = conn.execute(
+        "SELECT source, origin, event, headers, header_set, delivery_id, body, received_at FROM deliveries"
+        " WHERE id = ?",
+        (row,),
+    ).fetchone()
+    headers = raw.headers(conn, stored, header_set, event, delivery_id)
+    named, events, error = decode(source, headers, raw.read(conn, row, body), event, received_at)
+    if named != event:  # the event is named in the body (Jenkins): its headers are kept against the name
+        conn.execute(
+            "UPDATE deliveries SET event = ?, header_set = ? WHERE id = ?",
+            (named, raw.header_set(conn, headers, named, delivery_id), row),
+        )
+    if error is not None:
+        conn.execute("UPDATE deliveries SET parse_error = ? WHERE id = ?", (error, row))
+    result = IngestResult(delivery=row, delivery_id=delivery_id)
+    apply_events(conn, row, events, now, result, on_transition, notify=True)
+    conn.execute("DELETE FROM unapplied WHERE delivery = ?", (row,))
+    return result, source, origin
+
+
+def set_aside(conn: sqlite3.Connection, row: int, error: str) -> None:
+    """A delivery whose applying failed (a bug): kept raw with the error, for reindex, so that it does
+    not hold up the deliveries behind it."""
+    conn.execute("UPDATE deliveries SET parse_error = ? WHERE id = ?", (error[:1000], row))
+    conn.execute("DELETE FROM unapplied WHERE delivery = ?", (row,))
+
+
 def ingest(
     conn: sqlite3.Connection,
     delivery: Delivery,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 from typing import Any
 
 RUN_FIELDS = (
@@ -167,3 +168,18 @@ def count(conn: sqlite3.Connection, table: str) -> int:
     if table not in {"deliveries", "events", "runs", "jobs", "pipelines"}:
         raise ValueError(table)
     return conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]  # noqa: S608
+
+
+def wait_applied(conn: sqlite3.Connection, seconds: float) -> int:
+    """For a reader outside the daemon (the CLI): wait up to `seconds` for the webhook deliveries the
+    daemon acknowledged to be applied (docs/architecture.md, "Accept, then apply"); the number still
+    waiting (a daemon that is stopped applies them at its next start)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            (left,) = conn.execute("SELECT count(*) FROM unapplied").fetchone()
+        except sqlite3.OperationalError:  # a database from before the table: nothing waits
+            return 0
+        if not left or time.monotonic() >= deadline:
+            return left
+        time.sleep(0.01)

@@ -317,7 +317,14 @@ def _v10(db: sqlite_utils.Database) -> None:
     db.execute("INSERT INTO store_marks (name, value) VALUES ('raw_pruned_through', 0)")
 
 
-MIGRATIONS = [_v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8, _v9, _v10]
+def _v11(db: sqlite_utils.Database) -> None:
+    """Deliveries acknowledged but not yet applied (docs/architecture.md, "Accept, then apply"): a webhook
+    is answered once its raw delivery is committed, and the writer applies it after, in order. A
+    delivery listed here when the daemon stops is applied at the next start."""
+    db.execute("CREATE TABLE unapplied (delivery INTEGER PRIMARY KEY)")
+
+
+MIGRATIONS = [_v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8, _v9, _v10, _v11]
 
 
 def migrate(conn: sqlite3.Connection) -> int:

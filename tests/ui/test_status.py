@@ -11,7 +11,7 @@ import yaml
 
 from flowforged import app as app_module
 from flowforged import cli, status
-from tests.conftest import github_headers, github_run, make_config
+from tests.conftest import applied, github_headers, github_run, make_config
 from tests.test_notify import until
 from tests.ui.helpers import board_config, seed
 
@@ -24,6 +24,7 @@ async def test_status_prints_the_board_broken_first(aiohttp_client, db_path, tmp
     data = board_config(db_path)
     client = await aiohttp_client(app_module.build(make_config(data)))
     await seed(client)
+    applied(db_path)  # the CLI reads the database file, not the API
     config_path = tmp_path / "config.yaml"
     config_path.write_text(yaml.safe_dump(data))
     assert await asyncio.to_thread(cli.main, ["-c", str(config_path), "status"]) == 0
@@ -48,6 +49,7 @@ async def test_watch_redraws_when_a_run_fails(aiohttp_client, db_path):
     client = await aiohttp_client(app_module.build(config))
     body = json.dumps(github_run("success", run_id=1)).encode()
     assert (await client.post("/hooks/github", data=body, headers=github_headers(body))).status == 202
+    applied(db_path)  # the first drawing reads the database file, not the API
     config.server.listen = f"127.0.0.1:{client.port}"
     out = io.StringIO()
     watching = asyncio.create_task(status.watch(config, filters(watch=True), out))
