@@ -7,8 +7,8 @@ through HTTP, so that every table and index holds what a daemon would have writt
 states: requested, in progress and completed, and two jobs each in progress and completed. Raw bodies
 are left out (as after `storage.raw_retention_days`): bench/store.py measures them on real payloads.
 
-The file is cached under var/bench/, named by the schema version and this builder's version, so that a
-migration (or a change here) builds a new one. Other benchmarks import `build()`:
+The file is cached under var/bench/, named by the schema layout (LAYOUT) and this builder's version, so
+that a migration that changes the layout (or a change here) builds a new one. Other benchmarks import `build()`:
 
     from bench.bigstore import build
     path = build()  # var/bench/big-v10-b2-10000x3-10000000.db
@@ -37,6 +37,11 @@ from flowforged.store.ingest import Delivery, IngestResult, apply_events, insert
 from flowforged.store.schema import MIGRATIONS, migrate  # noqa: E402
 
 BUILDER = 2  # bump when what is built changes, so that cached stores are rebuilt
+# The schema version whose layout the cache name carries: the last migration that changes how the rows
+# the builder writes are laid out. A later one that only adds an empty table (11: unapplied) runs when
+# a daemon opens the cached store, and needs no 30-minute rebuild. Raise it with such a migration.
+LAYOUT = 10
+assert LAYOUT <= len(MIGRATIONS)
 CACHE = ROOT / "var" / "bench"
 BRANCH_NAMES = ("main", "develop", "release")
 EVENTS_PER_RUN = 7
@@ -48,7 +53,7 @@ _DAY = 86_400.0
 
 
 def cached_path(pipelines: int, branches: int, events: int) -> Path:
-    return CACHE / f"big-v{len(MIGRATIONS)}-b{BUILDER}-{pipelines}x{branches}-{events}.db"
+    return CACHE / f"big-v{LAYOUT}-b{BUILDER}-{pipelines}x{branches}-{events}.db"
 
 
 def build(path: Path | None = None, pipelines: int = 10_000, branches: int = 3, events: int = 10_000_000) -> Path:

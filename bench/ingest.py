@@ -147,7 +147,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5)
     parser.add_argument("--levels", default="1,16,64")
-    parser.add_argument("--rate", type=int, default=4000, help="deliveries written per second of each level")
+    parser.add_argument("--rate", type=int, default=6000, help="deliveries written per second of each level")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed: apt-get install wrk")
