@@ -150,7 +150,9 @@ class Provider(abc.ABC):
 
     @abc.abstractmethod
     def event_name(self, headers: Headers, payload: Any) -> str:
-        """What kind of event this is, in the provider's words (`workflow_run`, `Pipeline Hook`)."""
+        """What kind of event this is, in the provider's words (`workflow_run`, `Pipeline Hook`).
+        Called with payload None when the delivery is acknowledged (from the headers, else "unknown"),
+        then with the payload when it is applied if that said "unknown" (docs/plugins.md)."""
 
     def decode(self, headers: Headers, body: bytes) -> Any:
         """The payload of an authentic body; NotJSON if it is not JSON at all."""

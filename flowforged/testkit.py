@@ -69,8 +69,8 @@ def provider_problems(cls: type[Provider], name: str | None = None) -> list[str]
 def example_problems(cls: type[Provider], example: Example) -> list[str]:
     """The pure half against the example: its config validates with no problem, verify() accepts the
     request its signing helper signs and refuses one signed with another secret or not at all, the
-    body decodes to the payload, event_name() names it, normalize() makes valid events of it, and no
-    stored header carries the secret."""
+    body decodes to the payload, event_name() names it (and says its name or "unknown" without the
+    payload), normalize() makes valid events of it, and no stored header carries the secret."""
     try:
         config = cls.config_model.model_validate(dict(example.config))
     except ValueError as exc:
@@ -88,6 +88,13 @@ def example_problems(cls: type[Provider], example: Example) -> list[str]:
         found.append("decode() of the example body is not the example payload")
     if provider.event_name(headers, example.payload) != example.event:
         found.append(f"event_name() of the example is not {example.event!r}")
+    try:  # at acceptance, before anything decodes the body (docs/plugins.md)
+        first = provider.event_name(headers, None)
+    except Exception as exc:
+        found.append(f"event_name() without the payload raises {type(exc).__name__}: {exc}")
+    else:
+        if first not in (example.event, "unknown"):
+            found.append(f"event_name() without the payload is {first!r}, neither {example.event!r} nor 'unknown'")
     found += _normalized(provider, example)
     return found
 
