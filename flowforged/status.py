@@ -54,12 +54,16 @@ def run(args: argparse.Namespace, config: config_module.Config, out: TextIO | No
     return 0
 
 
+WAIT_APPLIED = 2.0  # seconds to wait for deliveries acknowledged and not yet applied (architecture.md)
+
+
 def tiles(config: config_module.Config) -> list[board.Tile]:
-    from flowforged.store import connect
+    from flowforged.store import connect, queries
 
     conn = connect(config.storage.path, readonly=True)
     conn.row_factory = sqlite3.Row
     try:
+        queries.wait_applied(conn, WAIT_APPLIED)  # what the daemon acknowledged, as the API would show
         branches = list(config.metrics.branches)
         data = board_reads.board(conn, branches)
     finally:
