@@ -60,18 +60,22 @@ async def _receive(request: web.Request) -> tuple[web.Response, str, str]:
     provider = ingest.providers.get(name)
     if provider is None:
         return error(404, "unknown_source", "no source of that name is configured"), "unknown", "unknown"
+    body = await _authentic_body(request, name, provider)
+    if isinstance(body, web.Response):
+        return body, name, "unknown"
+    # Counted from authentication on (a client that sends slowly must not hold applying back): the
+    # store applies deliveries in the pauses between webhooks (docs/architecture.md).
     store = ingest.store
-    store.receiving += 1  # the store applies deliveries in the pauses between webhooks (architecture.md)
+    store.receiving += 1
     try:
-        return await _accept(request, ingest, name, provider)
+        return await _accept(request, ingest, name, provider, body)
     finally:
         store.receiving -= 1
 
 
-async def _accept(request: web.Request, ingest: Ingest, name: str, provider: Provider) -> tuple[web.Response, str, str]:
-    body = await _authentic_body(request, name, provider)
-    if isinstance(body, web.Response):
-        return body, name, "unknown"
+async def _accept(
+    request: web.Request, ingest: Ingest, name: str, provider: Provider, body: bytes
+) -> tuple[web.Response, str, str]:
     event = provider.event_name(request.headers, None)  # from the headers; Jenkins names it in the body
     try:
         delivery, duplicate = await ingest.webhook(provider, request.headers, body)

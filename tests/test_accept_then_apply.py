@@ -205,3 +205,19 @@ async def test_sigkill_after_the_acknowledgement_before_the_applying_loses_nothi
         assert daemon.kill(signal.SIGTERM) == 0
     finally:
         daemon.close()
+
+
+async def test_a_client_that_never_finishes_its_body_does_not_hold_applying_back(daemon, db_path):
+    client = await daemon(storage={"path": str(db_path), "apply_lag": "1h"})
+    # Unauthenticated and slow: headers and half a body, then nothing (it would be 408 after body_timeout).
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+    writer.write(b"POST /hooks/github HTTP/1.1\r\nHost: flowforge\r\nContent-Length: 1000\r\n\r\n" + b"{" * 500)
+    await writer.drain()
+    try:
+        body, headers = failure(0)
+        assert (await client.post("/hooks/github", data=body, headers=headers)).status == 202
+        # Applied in the next pause, although a request is still being received; not an hour later.
+        await asyncio.to_thread(applied, db_path, 5.0)
+        assert count(db_path, "SELECT count(*) FROM runs") == 1
+    finally:
+        writer.close()

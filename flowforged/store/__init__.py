@@ -283,8 +283,10 @@ class Store:
             try:
                 first = self._queue.get(timeout=self._wait_for_work())
             except queue.Empty:
-                if self._pause() or self._overdue():
-                    conn = self._apply(conn)  # a lull: apply what is unapplied
+                if self._overdue():
+                    conn = self._apply(conn, yielding=False)
+                elif self._pause():
+                    conn = self._apply(conn, yielding=True)  # a lull: apply until a write comes
                 continue
             if first is _STOP:
                 break
@@ -306,7 +308,7 @@ class Store:
             if stop:
                 break
             if self._applier is not None and self._unapplied and self._overdue():
-                conn = self._apply(conn)  # writes keep coming: one chunk applied between two batches
+                conn = self._apply(conn, yielding=False)  # writes keep coming: a chunk between two batches
             if conn is not None and conn.raw_codecs.wanted:  # type: ignore[attr-defined]
                 self._start_training(conn.raw_codecs.wanted)  # type: ignore[attr-defined]
         conn = self._drain(conn)
@@ -332,15 +334,14 @@ class Store:
             return True
         return bool(self._since) and time.monotonic() - self._since[0][1] >= self.apply_lag
 
-    def _apply(self, conn: sqlite3.Connection | None) -> sqlite3.Connection | None:
+    def _apply(self, conn: sqlite3.Connection | None, yielding: bool) -> sqlite3.Connection | None:
         """Apply one chunk of unapplied deliveries in one transaction, each in a savepoint; hand the
-        results to the loop and wake the readers waiting for them."""
+        results to the loop and wake the readers waiting for them. `yielding`: end the chunk as soon
+        as a write waits or a webhook is being received (their acknowledgements go first)."""
         if self._applier is None or time.monotonic() < self._retry_apply_at:
             return conn
         loop, decode, applied = self._applier
         done: list[tuple[IngestResult, str, str]] = []
-        # Unless overdue, writes waiting (acknowledgements) go first: the chunk ends at the next delivery.
-        yielding = not self._overdue()
         try:
             if conn is None:
                 conn = self._connect()
@@ -394,7 +395,10 @@ class Store:
         """At stop: apply what is left for up to DRAIN seconds; the rest waits for the next start."""
         deadline = time.monotonic() + DRAIN
         while self._applier is not None and self._unapplied and time.monotonic() < deadline:
-            conn = self._apply(conn)
+            if (wait := self._retry_apply_at - time.monotonic()) > 0:  # after a failed commit
+                time.sleep(min(wait, deadline - time.monotonic()))
+                continue
+            conn = self._apply(conn, yielding=False)
             if conn is None:
                 break
         if self._unapplied:
