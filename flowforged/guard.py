@@ -72,11 +72,7 @@ class BodyBudget:
         try:
             async for chunk in stream.iter_any():
                 size += len(chunk)
-                if size > limit:
-                    raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=size)
-                if self.held + len(chunk) > self.capacity:
-                    raise OverBudget()
-                self.held += len(chunk)
+                self._hold(len(chunk), size, limit)
                 chunks.append(chunk)
         except BaseException:
             self.held -= sum(map(len, chunks))
@@ -89,12 +85,16 @@ class BodyBudget:
         if not stream.is_eof():
             return None
         body = stream.read_nowait()
-        if len(body) > limit:
-            raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(body))
-        if self.held + len(body) > self.capacity:
-            raise OverBudget()
-        self.held += len(body)
+        self._hold(len(body), len(body), limit)
         return body
+
+    def _hold(self, chunk: int, size: int, limit: int) -> None:
+        """Count `chunk` more bytes of a body now `size` long, or refuse it."""
+        if size > limit:
+            raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=size)
+        if self.held + chunk > self.capacity:
+            raise OverBudget()
+        self.held += chunk
 
     def give(self, size: int) -> None:
         self.held -= size

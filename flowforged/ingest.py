@@ -23,7 +23,6 @@ import msgspec
 
 from flowforged import logs
 from flowforged.bus import Bus
-from flowforged.errors import NotJSON
 from flowforged.model import Event, RunEvent, utcnow
 from flowforged.plugin import Headers, Provider, Unreadable
 from flowforged.store import Delivery, IngestResult, Store
@@ -87,20 +86,19 @@ class Ingest:
         self.bus = bus
         self.listeners: list[Listener] = []
 
-    async def webhook(self, provider: Provider, headers: Headers, body: bytes) -> tuple[str, bool]:
-        """Store an authenticated webhook delivery raw; return its delivery id, and whether it is a
-        duplicate, once it is committed. It is decoded, normalized and applied after (decode())."""
-        name = delivery_id(provider, headers, body)
+    async def webhook(self, provider: Provider, headers: Headers, body: bytes) -> tuple[Delivery, bool]:
+        """Store an authenticated webhook delivery raw; return it, and whether it is a duplicate, once
+        it is committed. It is decoded, normalized and applied after (decode())."""
         delivery = Delivery(
             source=provider.name,
-            delivery_id=name,
+            delivery_id=delivery_id(provider, headers, body),
             origin="webhook",
             event=text(provider.event_name(headers, None)),  # from the headers; else named when applied
             received_at=utcnow(),
             headers=stored_headers(provider, headers),
             body=body,
         )
-        return name, await self.store.append(delivery) is None
+        return delivery, await self.store.append(delivery) is None
 
     def start(self) -> None:
         """Apply acknowledged deliveries from now on (on the store's writer thread), and hand what they
@@ -112,18 +110,7 @@ class Ingest:
     ) -> tuple[str, list[Event], str | None]:
         """A stored delivery's event name, events and parse error, under the source's provider today.
         Runs on the writer thread, when the delivery is applied."""
-        provider = self.providers.get(source)
-        if provider is None:
-            return event, [], f"source {source!r} is no longer configured"
-        try:
-            payload = provider.decode(headers, body)
-        except NotJSON as exc:
-            payload = Unreadable(f"NotJSON: {exc}")
-        except Exception as exc:
-            payload = Unreadable(text(f"{type(exc).__name__}: {exc}")[:1000])
-        if event == UNNAMED and not isinstance(payload, Unreadable):
-            event = text(provider.event_name(headers, payload))
-        events, error = normalize(provider, event, payload, received)
+        event, events, error = decoded(self.providers, source, headers, body, event, received)
         if error:
             log.warning("payload stored raw: it could not be normalized", source=source, hook_event=event, error=error)
         return event, events, error
@@ -175,6 +162,23 @@ class Ingest:
             self.bus.publish({"type": "event", "origin": origin, **data})
 
 
+def decoded(
+    providers: Mapping[str, Provider], source: str, headers: dict[str, str], body: bytes, event: str, received: str
+) -> tuple[str, list[Event], str | None]:
+    """A stored delivery's event name (named from the payload if the headers could not), events and
+    parse error under today's parser, dated `received` (its received_at) where the payload names no time."""
+    provider = providers.get(source)
+    if provider is None:
+        return event, [], f"source {source!r} is no longer configured"
+    try:
+        payload = provider.decode(headers, body)
+    except Exception as exc:
+        return event, [], text(f"{type(exc).__name__}: {exc}")[:1000]
+    if event == UNNAMED and not isinstance(payload, Unreadable):
+        event = text(provider.event_name(headers, payload))
+    return (event, *normalize(provider, event, payload, received))
+
+
 def redecode(
     providers: Mapping[str, Provider],
     source: str,
@@ -183,13 +187,5 @@ def redecode(
     event: str,
     received: str | None = None,
 ) -> tuple[list[Event], str | None]:
-    """For reindex: the events of a stored delivery under today's parser, dated `received` (the
-    delivery's received_at) where the payload names no time."""
-    provider = providers.get(source)
-    if provider is None:
-        return [], f"source {source!r} is no longer configured"
-    try:
-        payload = provider.decode(headers, body)
-    except Exception as exc:
-        return [], text(f"{type(exc).__name__}: {exc}")[:1000]
-    return normalize(provider, event, payload, received or utcnow())
+    """For reindex: the events of a stored delivery under today's parser (decoded())."""
+    return decoded(providers, source, headers, body, event, received or utcnow())[1:]

@@ -76,15 +76,19 @@ async def _receive(request: web.Request) -> tuple[web.Response, str, str]:
 async def _accept(
     request: web.Request, ingest: Ingest, name: str, provider: Provider, body: bytes
 ) -> tuple[web.Response, str, str]:
-    event = provider.event_name(request.headers, None)  # from the headers; Jenkins names it in the body
     try:
         delivery, duplicate = await ingest.webhook(provider, request.headers, body)
     except StoreUnavailable as exc:
         log.error("webhook not stored: the store cannot commit", source=name, error=str(exc))
+        event = provider.event_name(request.headers, None)
         return error(503, "store_unavailable", "the event log cannot commit; retry later"), name, event
-    if duplicate:
-        return _answer(200, b"duplicate", delivery), name, event
-    return _answer(202, b"accepted", delivery), name, event
+    # The event as its headers name it: a provider that names it in the body (Jenkins) says "unknown" here.
+    answer = (
+        _answer(200, b"duplicate", delivery.delivery_id)
+        if duplicate
+        else _answer(202, b"accepted", delivery.delivery_id)
+    )
+    return answer, name, delivery.event
 
 
 def _answer(status: int, word: bytes, delivery: str) -> web.Response:

@@ -111,7 +111,7 @@ def insert_delivery(conn: sqlite3.Connection, delivery: Delivery) -> int | None:
 
 
 def append(conn: sqlite3.Connection, delivery: Delivery) -> int | None:
-    """Store a webhook's raw delivery, to be applied after it is acknowledged (apply_unapplied()).
+    """Store a webhook's raw delivery, to be applied after it is acknowledged (apply_delivery()).
     Returns its deliveries.id; None for a duplicate, which is dropped."""
     row = insert_delivery(conn, delivery)
     if row is not None:
