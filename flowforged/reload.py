@@ -27,6 +27,7 @@ log = logs.get("flowforged.reload")
 
 RESTART_SECTIONS = ("server", "storage", "metrics")  # read once at start: listener, database, collectors
 LIVE_SECTIONS = ("api", "logging", "sources", "sinks", "rules", "notifications")
+CATCH_UP_ROUNDS = 5  # waits for deliveries acknowledged while waiting, before the swap goes ahead anyway
 
 
 def needs_restart(running: Config, new: Config) -> list[str]:
@@ -106,13 +107,20 @@ class Reloader:
         return True
 
     async def apply(self, new: Config) -> None:
-        from flowforged.app import CONFIG, DISPATCHER, PLANNER, make_providers, make_sinks
+        from flowforged.app import CONFIG, DISPATCHER, PLANNER, STORE, make_providers, make_sinks
         from flowforged.poller import POLLER
         from flowforged.webhooks import INGEST
 
         running = self.app[CONFIG]
         restart = needs_restart(running, new)
         fresh_providers, fresh_sinks = make_providers(new), make_sinks(new)
+        # What was acknowledged under the running configuration is applied under it, by its parsers and
+        # its rules (docs/architecture.md, "Accept, then apply"): a rule added now tells of nothing older.
+        store = self.app[STORE]
+        for _ in range(CATCH_UP_ROUNDS):
+            if store.applied_all:
+                break
+            await store.caught_up()
         # Sources, rules and sections swap without an await between them: no request sees half of
         # one config and half of the other. The rules go before the sinks: a removed sink gets no new
         # message, and one a new rule names is written to the outbox and waits for its worker.

@@ -221,3 +221,28 @@ async def test_a_client_that_never_finishes_its_body_does_not_hold_applying_back
         assert count(db_path, "SELECT count(*) FROM runs") == 1
     finally:
         writer.close()
+
+
+async def test_a_delivery_acknowledged_before_a_reload_is_applied_under_the_rules_it_arrived_under(
+    aiohttp_client, db_path
+):
+    from flowforged.reload import Reloader
+    from flowforged.systemd import Notifier
+    from flowforged.webhooks import INGEST
+
+    app = app_module.build(make_config(base_config(db_path)))  # no rule: nobody is told
+    client = await aiohttp_client(app)
+    ingest = app[INGEST]
+    gate = Gate(ingest)
+    app[app_module.STORE].start_applying(asyncio.get_running_loop(), gate, ingest.applied)
+    body, headers = failure(0)
+    assert (await client.post("/hooks/github", data=body, headers=headers)).status == 202  # held unapplied
+    reload = asyncio.create_task(Reloader(app, lambda: config(db_path), Notifier({})).apply(config(db_path)))
+    await asyncio.sleep(0.2)
+    assert not reload.done(), "the rules were swapped before the delivery acknowledged under the old ones applied"
+    gate.open.set()
+    async with asyncio.timeout(10):
+        await reload
+    assert app[app_module.PLANNER].rules  # the new rule is in
+    assert count(db_path, "SELECT count(*) FROM runs") == 1
+    assert count(db_path, "SELECT count(*) FROM outbox") == 0  # broken before the rule existed: not told

@@ -244,6 +244,11 @@ class Store:
         self._queue.put(_WAKE)
 
     @property
+    def applied_all(self) -> bool:
+        """Whether every delivery acknowledged so far is applied (or nothing applies them)."""
+        return self._applier is None or self._appended <= self._applied
+
+    @property
     def unapplied(self) -> int:
         """About how many acknowledged deliveries wait to be applied (for /metrics)."""
         return self._unapplied
@@ -487,7 +492,7 @@ class Store:
     async def read(self, fn: Callable[..., T], *args: Any) -> T:
         """Run fn(conn, *args) on a reader connection in the reader pool, once every delivery
         acknowledged before is applied."""
-        if self._appended > self._applied and self._applier is not None:
+        if not self.applied_all:
             await self.caught_up()
         return await self.peek(fn, *args)
 
