@@ -43,8 +43,8 @@ from flowforged.store.ingest import (
     apply_delivery,
     apply_events,
     ingest,
+    oldest_unapplied,
     set_aside,
-    unapplied,
 )
 from flowforged.store.schema import migrate
 
@@ -350,7 +350,7 @@ class Store:
         try:
             if conn is None:
                 conn = self._connect()
-            rows = unapplied(conn, APPLY_CHUNK)
+            rows = oldest_unapplied(conn, APPLY_CHUNK)
             last = 0
             if rows:
                 now = utcnow()

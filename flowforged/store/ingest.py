@@ -124,7 +124,7 @@ def append(conn: sqlite3.Connection, delivery: Delivery) -> int | None:
 Decode = Callable[[str, dict[str, str], bytes, str, str], tuple[str, list[Event], str | None]]
 
 
-def unapplied(conn: sqlite3.Connection, limit: int) -> list[int]:
+def oldest_unapplied(conn: sqlite3.Connection, limit: int) -> list[int]:
     """The oldest deliveries acknowledged but not yet applied, in the order they arrived."""
     return [row for (row,) in conn.execute("SELECT delivery FROM unapplied ORDER BY delivery LIMIT ?", (limit,))]
 
